@@ -1,0 +1,42 @@
+"fastcam's setup: every value comes from settings.ini (no pkg_resources, which current setuptools no longer ships)."
+from configparser import ConfigParser
+from pathlib import Path
+import setuptools
+
+here = Path(__file__).parent
+cfg = ConfigParser(delimiters=['='])
+cfg.read(here/'settings.ini', encoding='utf-8')
+cfg = cfg['DEFAULT']
+
+licenses = {'apache2': ('Apache-2.0', 'License :: OSI Approved :: Apache Software License')}
+statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive']
+py_versions = ['3.10', '3.11', '3.12', '3.13']
+min_python = cfg['min_python']
+lic = licenses[cfg['license']]
+
+setuptools.setup(
+    name=cfg['lib_name'],
+    version=cfg['version'],
+    description=cfg['description'],
+    long_description=(here/'README.md').read_text(encoding='utf-8'),
+    long_description_content_type='text/markdown',
+    license=lic[0],
+    author=cfg['author'], author_email=cfg['author_email'],
+    url=cfg['git_url'],
+    project_urls={'Repository': cfg['git_url'], 'Documentation': f"{cfg['doc_host']}{cfg['doc_baseurl']}"},
+    keywords=cfg['keywords'].split(),
+    classifiers=['Development Status :: ' + statuses[int(cfg['status'])],
+                 'Intended Audience :: ' + cfg['audience'].title(),
+                 'Natural Language :: ' + cfg['language'].title(),
+                 'Topic :: Scientific/Engineering :: Image Recognition',
+                 'Topic :: Scientific/Engineering :: Medical Science Apps.'] +
+                ['Programming Language :: Python :: ' + v for v in py_versions[py_versions.index(min_python):]],
+    packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
+    include_package_data=True,
+    python_requires='>=' + min_python,
+    install_requires=cfg['requirements'].split(),
+    extras_require={'dev': cfg['dev_requirements'].split()},
+    entry_points={'console_scripts': cfg['console_scripts'].split(),
+                  'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
+    zip_safe=False,
+)

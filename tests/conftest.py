@@ -1,0 +1,51 @@
+"Shared fixtures: small synthetic image sets and untrained fastai learners (no downloads, CPU, seconds)."
+import os
+os.environ.setdefault('MPLBACKEND', 'Agg')
+import numpy as np, pytest, torch
+from PIL import Image
+from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, resnet18
+
+CLASSES = ('circle', 'square', 'stripe')
+
+def _draw(cls, rng, size=64):
+    "A noisy grayscale-ish RGB image with one shape whose kind is the class"
+    im = rng.normal(90, 20, (size, size, 3))
+    y, x = np.mgrid[:size, :size]
+    cy, cx, r = rng.integers(16, size-16, 2).tolist() + [int(rng.integers(6, 12))]
+    if cls == 'circle': m = (y-cy)**2 + (x-cx)**2 < r*r
+    elif cls == 'square': m = (abs(y-cy) < r) & (abs(x-cx) < r)
+    else: m = (abs(y-cy) < 3) & (abs(x-cx) < 2*r)
+    im[m] += 120
+    return Image.fromarray(im.clip(0, 255).astype(np.uint8))
+
+@pytest.fixture(scope='session')
+def image_folder(tmp_path_factory):
+    "24 PNGs per class in class-named folders; sizes vary and are not square"
+    root = tmp_path_factory.mktemp('shapes')
+    rng = np.random.default_rng(0)
+    for c in CLASSES:
+        (root/c).mkdir()
+        for i in range(24):
+            im = _draw(c, rng)
+            if i % 3 == 1: im = im.resize((80, 64))
+            if i % 3 == 2: im = im.resize((64, 96))
+            im.save(root/c/f'{c}_{i}.png')
+    return root
+
+@pytest.fixture(scope='session')
+def dls(image_folder):
+    return ImageDataLoaders.from_folder(image_folder, valid_pct=0.25, seed=42, item_tfms=Resize(64), bs=8, num_workers=0)
+
+def make_learner(dls, **kw):
+    torch.manual_seed(0)
+    return vision_learner(dls, resnet18, pretrained=False, **kw)
+
+@pytest.fixture
+def learn(dls):
+    "A fresh untrained 3-class resnet18 Learner (fastai's default concat-pool head)"
+    return make_learner(dls)
+
+@pytest.fixture
+def xb(dls):
+    "One validation batch of 8 images, preprocessed by the DataLoader"
+    return dls.valid.one_batch()[0]
