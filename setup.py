@@ -1,4 +1,4 @@
-"fastcam's setup: every value comes from settings.ini (no pkg_resources, which current setuptools no longer ships)."
+"fastcam's setup: every value comes from settings.ini (read with configparser; current setuptools no longer ships pkg_resources)."
 from configparser import ConfigParser
 from pathlib import Path
 import setuptools
@@ -17,13 +17,10 @@ lic = licenses[cfg['license']]
 setuptools.setup(
     name=cfg['lib_name'],
     version=cfg['version'],
-    description=cfg['description'],
     long_description=(here/'README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
     license=lic[0],
     author=cfg['author'], author_email=cfg['author_email'],
-    url=cfg['git_url'],
-    project_urls={'Repository': cfg['git_url'], 'Documentation': f"{cfg['doc_host']}{cfg['doc_baseurl']}"},
     keywords=cfg['keywords'].split(),
     classifiers=['Development Status :: ' + statuses[int(cfg['status'])],
                  'Intended Audience :: ' + cfg['audience'].title(),
