@@ -7,7 +7,7 @@ Docs: https://fastcam.github.io/fastcam/core.html.md"""
 # %% ../nbs/01_core.ipynb #1ee57100
 from __future__ import annotations
 import difflib, weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, ExitStack
 import torch, torch.nn.functional as F
 from torch import nn, Tensor
 from fastcore.basics import store_attr, patch, listify
@@ -16,8 +16,8 @@ from .hooks import _first_tensor
 
 # %% auto #0
 __all__ = ['eval_mode', 'module_name', 'trace_modules', 'auto_layer', 'find_layer', 'head_kind', 'out_probs', 'class_scores',
-           'resolve_targets', 'CamResult', 'normalize_maps', 'upsample_maps', 'Gathered', 'gap_linear_head', 'gather',
-           'cam']
+           'resolve_targets', 'CamResult', 'normalize_maps', 'upsample_maps', 'Gathered', 'gap_linear_head',
+           'CamSession', 'gather', 'needs_grad', 'cam_result', 'cam']
 
 # %% ../nbs/01_core.ipynb #3d52256d
 @contextmanager
@@ -290,32 +290,43 @@ def _as_batch(xb):
     return xb
 
 # %% ../nbs/01_core.ipynb #6b6ae728
-def gather(model:nn.Module, xb:Tensor, layers:list, target=None, vocab=None, multi_label:bool=False, need_grad:bool=True):
-    "One forward (and one backward per target slot) of `xb` through `model`: `(names, [Gathered per layer])`"
-    xb = _as_batch(xb)
-    xb = xb.to(_model_device(model, xb))
-    found = [find_layer(model, l, xb) for l in layers]
-    hooks = [_ActHook(n, need_grad) for n,_ in found]
-    handles,prev = [],torch.is_grad_enabled()
-    try:
-        with eval_mode(model):
-            for (n,m),h in zip(found, hooks): handles.append(m.register_forward_hook(h))
-            torch.set_grad_enabled(False)
-            out = _first_tensor(model(xb))
-            for h in handles: h.remove()
-            for h in hooks: _check_acts(h)
-            kind = head_kind(out, multi_label)
-            probs = out_probs(out, kind)
-            targets = resolve_targets(target, probs, vocab, multi_label)
-            grads = _grads(out, targets, kind, [h.acts for h in hooks]) if need_grad else [None]*len(hooks)
-    finally:
-        for h in handles: h.remove()
-        torch.set_grad_enabled(prev)
-    out = out.detach()
-    gs = [Gathered(h.acts.detach(), g, targets, out, kind, model, h.name, xb) for h,g in zip(hooks, grads)]
-    return probs,gs
+class CamSession:
+    "Hooks on `layers`, eval mode and gradients from the first layer on, around one forward; all undone on exit"
+    def __init__(self, model:nn.Module, layers:list, need_grad:bool=True, xb:Tensor=None):
+        self.model,self.need_grad,self.handles = model,need_grad,[]
+        self.found = [find_layer(model, l, xb) for l in layers]
+        self.hooks = [_ActHook(n, need_grad) for n,_ in self.found]
 
-# %% ../nbs/01_core.ipynb #00ef6001
+    def __enter__(self):
+        self.stack = ExitStack()
+        self.stack.enter_context(eval_mode(self.model))
+        self.stack.callback(torch.set_grad_enabled, torch.is_grad_enabled())
+        self.stack.callback(self.remove_hooks)
+        self.handles = [m.register_forward_hook(h) for (_,m),h in zip(self.found, self.hooks)]
+        torch.set_grad_enabled(False)
+        return self
+
+    def remove_hooks(self):
+        for h in self.handles: h.remove()
+        self.handles = []
+
+    def __exit__(self, *exc): self.stack.close()
+
+# %% ../nbs/01_core.ipynb #b39e3040
+@patch
+def gather(self:CamSession, out:Tensor, target=None, vocab=None, multi_label:bool=False, xb:Tensor=None):
+    "`(probs, [Gathered per layer])` from the model's output `out`: targets resolved, one backward per target slot"
+    self.remove_hooks()
+    hooks,self.hooks = self.hooks,[_ActHook(h.name, self.need_grad) for h in self.hooks]
+    for h in hooks: _check_acts(h)
+    kind = head_kind(out, multi_label)
+    probs = out_probs(out, kind)
+    targets = resolve_targets(target, probs, vocab, multi_label)
+    grads = _grads(out, targets, kind, [h.acts for h in hooks]) if self.need_grad else [None]*len(hooks)
+    out = out.detach()
+    return probs,[Gathered(h.acts.detach(), g, targets, out, kind, self.model, h.name, xb) for h,g in zip(hooks, grads)]
+
+# %% ../nbs/01_core.ipynb #95618e6b
 def _check_acts(h):
     "One-line errors for a layer that did not run or is not a spatial map"
     if h.acts is None: raise ValueError(f"layer '{h.name}' did not run during the forward pass; choose a module the model uses")
@@ -332,20 +343,36 @@ def _grads(out, targets, kind, acts):
         for r,g,a in zip(res, gs, acts): r.append(torch.zeros_like(a) if g is None else g)
     return [torch.stack(r, 1) for r in res]
 
-# %% ../nbs/01_core.ipynb #95618e6b
+# %% ../nbs/01_core.ipynb #3b212e6d
+def gather(model:nn.Module, xb:Tensor, layers:list, target=None, vocab=None, multi_label:bool=False, need_grad:bool=True):
+    "`(probs, [Gathered per layer])` from one forward (and one backward per target slot) of `xb`"
+    xb = _as_batch(xb)
+    xb = xb.to(_model_device(model, xb))
+    with CamSession(model, layers, need_grad, xb) as s:
+        return s.gather(_first_tensor(model(xb)), target, vocab, multi_label, xb)
+
+# %% ../nbs/01_core.ipynb #d4e87d5d
 def _method(method):
     from fastcam.methods import get_method
     return get_method(method)
 
-def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', vocab=None, multi_label:bool=False) -> CamResult:
-    "Class activation maps of `target` for the batch `xb` at `layer` of `model`, in one forward pass"
+def needs_grad(method) -> bool:
+    "Whether `method` (a name or a method function) needs the backward pass"
+    return getattr(_method(method), 'needs_grad', True)
+
+def cam_result(method, g:Gathered, probs:Tensor, vocab=None) -> CamResult:
+    "The `CamResult` of `method` on what was gathered at one layer"
     fn = _method(method)
-    probs,(g,) = gather(model, xb, [layer], target, vocab, multi_label, need_grad=getattr(fn, 'needs_grad', True))
-    maps = fn(g).float()
-    maps = maps * (g.targets>=0)[...,None,None]
+    maps = fn(g).float() * (g.targets>=0)[...,None,None]
     return CamResult(maps.detach(), g.targets, probs, vocab, g.layer, getattr(fn, 'name', str(method)), tuple(g.xb.shape[-2:]))
 
-# %% ../nbs/01_core.ipynb #d4e87d5d
+# %% ../nbs/01_core.ipynb #1514a87c
+def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', vocab=None, multi_label:bool=False) -> CamResult:
+    "Class activation maps of `target` for the batch `xb` at `layer` of `model`, in one forward pass"
+    probs,(g,) = gather(model, xb, [layer], target, vocab, multi_label, needs_grad(method))
+    return cam_result(method, g, probs, vocab)
+
+# %% ../nbs/01_core.ipynb #cd5e74f5
 def _learner_multi_label(learn):
     lf = getattr(learn.loss_func, 'func', learn.loss_func)
     return isinstance(lf, nn.BCEWithLogitsLoss) or 'BCE' in type(learn.loss_func).__name__
@@ -355,7 +382,7 @@ def _vocab(learn):
     if v is not None and len(v) and isinstance(v[0], (list, tuple)): v = v[-1]
     return list(v) if v is not None else None
 
-# %% ../nbs/01_core.ipynb #1514a87c
+# %% ../nbs/01_core.ipynb #607b0464
 @patch
 def cam(self:Learner, x, layer=None, target=None, method='gradcam', bs:int=None) -> CamResult:
     "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `self.dls.test_dl`"
