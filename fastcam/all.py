@@ -11,4 +11,6 @@ __all__ = []
 from .hooks import *
 from .core import *
 from .methods import *
+from .guided import *
 from .show import *
+from .callback import *

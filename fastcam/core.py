@@ -17,7 +17,7 @@ from .hooks import _first_tensor
 # %% auto #0
 __all__ = ['eval_mode', 'module_name', 'trace_modules', 'auto_layer', 'find_layer', 'head_kind', 'out_probs', 'class_scores',
            'resolve_targets', 'CamResult', 'normalize_maps', 'upsample_maps', 'Gathered', 'gap_linear_head',
-           'CamSession', 'gather', 'needs_grad', 'cam_result', 'cam']
+           'CamSession', 'gather', 'needs_grad', 'cam_result', 'several_layers', 'fuse_cams', 'cam']
 
 # %% ../nbs/01_core.ipynb #3d52256d
 @contextmanager
@@ -360,19 +360,35 @@ def needs_grad(method) -> bool:
     "Whether `method` (a name or a method function) needs the backward pass"
     return getattr(_method(method), 'needs_grad', True)
 
-def cam_result(method, g:Gathered, probs:Tensor, vocab=None) -> CamResult:
-    "The `CamResult` of `method` on what was gathered at one layer"
+def cam_result(method, g:Gathered, probs:Tensor, vocab=None, **kwargs) -> CamResult:
+    "The `CamResult` of `method` on what was gathered at one layer (`kwargs` go to the method)"
     fn = _method(method)
-    maps = fn(g).float() * (g.targets>=0)[...,None,None]
+    maps = fn(g, **kwargs).float() * (g.targets>=0)[...,None,None]
     return CamResult(maps.detach(), g.targets, probs, vocab, g.layer, getattr(fn, 'name', str(method)), tuple(g.xb.shape[-2:]))
 
-# %% ../nbs/01_core.ipynb #1514a87c
-def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', vocab=None, multi_label:bool=False) -> CamResult:
-    "Class activation maps of `target` for the batch `xb` at `layer` of `model`, in one forward pass"
-    probs,(g,) = gather(model, xb, [layer], target, vocab, multi_label, needs_grad(method))
-    return cam_result(method, g, probs, vocab)
+# %% ../nbs/01_core.ipynb #126f054d
+def several_layers(layer):
+    "The list of layers when `layer` names several (a list of ints alone is one index path), else None"
+    if isinstance(layer, (list, tuple)) and layer and not all(isinstance(i, int) for i in layer): return list(layer)
+    return None
 
-# %% ../nbs/01_core.ipynb #cd5e74f5
+def fuse_cams(results:list) -> CamResult:
+    "One `CamResult` whose maps are the mean of `results`' normalised maps, upsampled to the largest"
+    size = max((r.maps.shape[-2:] for r in results), key=lambda s: s[0]*s[1])
+    maps = torch.stack([upsample_maps(r.normalized(), size) for r in results]).mean(0)
+    r0 = results[0]
+    return CamResult(maps, r0.targets, r0.probs, r0.vocab, 'fused', r0.method, r0.input_size)
+
+# %% ../nbs/01_core.ipynb #e39c1414
+def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', vocab=None, multi_label:bool=False, **kwargs):
+    "Class activation maps of `target` for the batch `xb` at `layer` (or several layers) of `model`, in one forward pass"
+    layers = several_layers(layer)
+    probs,gs = gather(model, xb, layers or [layer], target, vocab, multi_label, needs_grad(method))
+    res = [cam_result(method, g, probs, vocab, **kwargs) for g in gs]
+    if not layers: return res[0]
+    return {**{r.layer: r for r in res}, 'fused': fuse_cams(res)}
+
+# %% ../nbs/01_core.ipynb #685fe0a1
 def _learner_multi_label(learn):
     lf = getattr(learn.loss_func, 'func', learn.loss_func)
     return isinstance(lf, nn.BCEWithLogitsLoss) or 'BCE' in type(learn.loss_func).__name__
@@ -382,11 +398,11 @@ def _vocab(learn):
     if v is not None and len(v) and isinstance(v[0], (list, tuple)): v = v[-1]
     return list(v) if v is not None else None
 
-# %% ../nbs/01_core.ipynb #607b0464
+# %% ../nbs/01_core.ipynb #dc83aa62
 @patch
-def cam(self:Learner, x, layer=None, target=None, method='gradcam', bs:int=None) -> CamResult:
+def cam(self:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, **kwargs) -> CamResult:
     "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `self.dls.test_dl`"
-    kw = dict(layer=layer, method=method, vocab=_vocab(self), multi_label=_learner_multi_label(self))
+    kw = dict(layer=layer, method=method, vocab=_vocab(self), multi_label=_learner_multi_label(self), **kwargs)
     if isinstance(x, Tensor): return cam(self.model, x, target=target, **kw)
     items = list(x) if isinstance(x, (list, tuple)) else [x]
     if not items: raise ValueError("no items to explain: the list is empty")
@@ -396,4 +412,5 @@ def cam(self:Learner, x, layer=None, target=None, method='gradcam', bs:int=None)
         xb = b[0]
         t = target[i:i+len(xb)] if isinstance(target, (list, tuple, Tensor)) else target
         res.append(cam(self.model, xb, target=t, **kw)); i += len(xb)
+    if isinstance(res[0], dict): return {k: CamResult.cat([r[k] for r in res]) for k in res[0]}
     return CamResult.cat(res)

@@ -6,12 +6,13 @@ Docs: https://fastcam.github.io/fastcam/methods.html.md"""
 
 # %% ../nbs/02_methods.ipynb #21d1a903
 from __future__ import annotations
-import torch
+import torch, torch.nn.functional as F
 from torch import Tensor
 from .core import Gathered
 
 # %% auto #0
-__all__ = ['methods', 'cam_method', 'get_method', 'weighted_sum', 'gradcam', 'cam_']
+__all__ = ['methods', 'cam_method', 'get_method', 'weighted_sum', 'gradcam', 'cam_', 'gradcampp', 'xgradcam', 'hirescam',
+           'layercam', 'eigencam', 'scorecam']
 
 # %% ../nbs/02_methods.ipynb #2f2c3f66
 methods = {}
@@ -47,3 +48,67 @@ def cam_(g:Gathered) -> Tensor:
     "CAM: channels weighted by the linear head's weights of each target class"
     W = g.head_weights().to(g.acts.device)
     return weighted_sum(W[g.targets.clamp(min=0)], g.acts)
+
+# %% ../nbs/02_methods.ipynb #5d55103b
+_eps = 1e-7
+
+@cam_method('gradcampp')
+def gradcampp(g:Gathered, eps:float=1e-6) -> Tensor:
+    "Grad-CAM++: positive gradients weighted pixel-wise by the second/third-order closed form"
+    gr,a = g.grads.float(),g.acts.float()[:,None]
+    g2 = gr.pow(2)
+    alpha = g2 / (2*g2 + a.sum((-2,-1), keepdim=True)*gr.pow(3) + eps)
+    alpha = torch.where(gr!=0, alpha, torch.zeros_like(alpha))
+    return weighted_sum((alpha*gr.relu()).sum((-2,-1)), g.acts)
+
+# %% ../nbs/02_methods.ipynb #695972ea
+@cam_method('xgradcam')
+def xgradcam(g:Gathered) -> Tensor:
+    "XGrad-CAM: gradients weighted by the activations' share of their channel's sum"
+    a = g.acts.float()[:,None]
+    return weighted_sum((g.grads.float()*a).sum((-2,-1)) / (a.sum((-2,-1)) + _eps), g.acts)
+
+# %% ../nbs/02_methods.ipynb #04674ef6
+@cam_method('hirescam')
+def hirescam(g:Gathered) -> Tensor:
+    "HiResCAM: gradient times activation, summed over channels"
+    return (g.grads.float()*g.acts.float()[:,None]).sum(2)
+
+@cam_method('layercam')
+def layercam(g:Gathered) -> Tensor:
+    "LayerCAM: positive gradient times activation, summed over channels"
+    return (g.grads.float().relu()*g.acts.float()[:,None]).sum(2)
+
+# %% ../nbs/02_methods.ipynb #f3222d73
+@cam_method('eigencam', needs_grad=False)
+def eigencam(g:Gathered) -> Tensor:
+    "EigenCAM: the activations projected on their first principal component, oriented towards high activation"
+    a = g.acts.float()
+    B,C,h,w = a.shape
+    x = a.flatten(2).transpose(1,2)                   # [B, hw, C]
+    x = x - x.mean(1, keepdim=True)
+    _,_,vh = torch.linalg.svd(x, full_matrices=False)
+    proj = (x @ vh[:,0,:,None])[...,0]                 # [B, hw]
+    mean_act = a.mean(1).flatten(1)
+    sign = torch.sign(((proj - proj.mean(1, keepdim=True))*(mean_act - mean_act.mean(1, keepdim=True))).sum(1))
+    proj = proj * torch.where(sign==0, torch.ones_like(sign), sign)[:,None]
+    return proj.reshape(B,1,h,w).expand(B, g.targets.shape[1], h, w)
+
+# %% ../nbs/02_methods.ipynb #c26174ce
+@cam_method('scorecam', needs_grad=False)
+def scorecam(g:Gathered, batch_size:int=64, progress:bool=True) -> Tensor:
+    "Score-CAM: channels weighted by the softmax of the target's logit on the input masked by each channel"
+    from fastprogress.fastprogress import progress_bar
+    from fastcam.core import eval_mode, class_scores
+    a = g.acts.float()
+    B,K = a.shape[:2]
+    up = F.interpolate(a, size=g.xb.shape[-2:], mode='bilinear', align_corners=True)
+    mn,mx = up.amin((-2,-1), keepdim=True),up.amax((-2,-1), keepdim=True)
+    masks = ((up - mn) / (mx - mn + 1e-8)).to(g.xb.dtype)
+    jobs = [(b,i) for b in range(B) for i in range(0, K, batch_size)]
+    scores = torch.zeros(B, g.targets.shape[1], K, device=a.device)
+    with torch.no_grad(), eval_mode(g.model):
+        for b,i in (progress_bar(jobs, leave=False) if progress else jobs):
+            out = g.model(g.xb[b][None]*masks[b,i:i+batch_size,None])
+            for j,t in enumerate(g.targets[b].clamp(min=0)): scores[b,j,i:i+len(out)] = class_scores(out, t.expand(len(out)), g.kind).float()
+    return weighted_sum(scores.softmax(-1), g.acts)
