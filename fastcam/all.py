@@ -12,5 +12,8 @@ from .hooks import *
 from .core import *
 from .methods import *
 from .guided import *
+from .items import *
+from .boxes import *
+from .synth import *
 from .show import *
 from .callback import *

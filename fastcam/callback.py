@@ -72,13 +72,7 @@ class GradCAMCallback(Callback):
         r = CamResult.cat(self.results)
         return r if self.idxs is None else r[torch.tensor(self.idxs).argsort()]
 
-# %% ../nbs/08_callback.ipynb #77a904c4
-@patch
-def to(self:CamResult, device):
-    "This result with its tensors on `device`"
-    return CamResult(self.maps.to(device), self.targets.to(device), self.probs.to(device), self.vocab, self.layer, self.method, self.input_size)
-
-# %% ../nbs/08_callback.ipynb #502c30dc
+# %% ../nbs/08_callback.ipynb #66501c2f
 @patch
 def get_cams(self:Learner, dl=None, layer=None, target=None, method='gradcam', **kwargs) -> CamResult:
     "Maps of every item of `dl` (default: the validation set) through `get_preds` with a `GradCAMCallback`"
@@ -86,7 +80,7 @@ def get_cams(self:Learner, dl=None, layer=None, target=None, method='gradcam', *
     self.get_preds(dl=dl, cbs=cb, **kwargs)
     return cb.cams
 
-# %% ../nbs/08_callback.ipynb #006ddbb6
+# %% ../nbs/08_callback.ipynb #1bc672f1
 class _RNGState:
     "Save Python's, NumPy's and torch's random states on enter; put them back on exit"
     def __enter__(self):
@@ -95,7 +89,7 @@ class _RNGState:
         random.setstate(self.s[0]); np.random.set_state(self.s[1]); torch.set_rng_state(self.s[2])
         if self.s[3] is not None: torch.cuda.set_rng_state_all(self.s[3])
 
-# %% ../nbs/08_callback.ipynb #5bf48900
+# %% ../nbs/08_callback.ipynb #3e0f9c7b
 class CAMMonitor(Callback):
     "Keep the maps of `items` after every `every` epochs of training"
     order = 100
@@ -116,7 +110,7 @@ class CAMMonitor(Callback):
         with _RNGState(): self.history.append(self.learn.cam(self.xb, layer=self.layer, target=self.target, method=self.method).to('cpu'))
         self.epochs.append(self.epoch)
 
-# %% ../nbs/08_callback.ipynb #4f4f59f3
+# %% ../nbs/08_callback.ipynb #5bf48900
 @patch
 def show(self:CAMMonitor, figsize=None, **kwargs):
     "Draw the epochs x items grid of maps over their images; returns the figure"
@@ -132,7 +126,7 @@ def show(self:CAMMonitor, figsize=None, **kwargs):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_callback.ipynb #9e4b597b
+# %% ../nbs/08_callback.ipynb #209f8de3
 def _fig_image(fig):
     "A matplotlib figure as a PIL image"
     from PIL import Image

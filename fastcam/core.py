@@ -156,13 +156,36 @@ def resolve_targets(target, probs:Tensor, vocab=None, multi_label:bool=False) ->
 # %% ../nbs/01_core.ipynb #82afc418
 class CamResult:
     "Maps `[B,T,h,w]` of `targets` `[B,T]`, with `probs` `[B,n_classes]`, `vocab`, `layer`, `method` and the model's `input_size`"
-    def __init__(self, maps:Tensor, targets:Tensor, probs:Tensor, vocab=None, layer:str=None, method:str=None, input_size=None):
+    def __init__(self, maps:Tensor, targets:Tensor, probs:Tensor, vocab=None, layer:str=None, method:str=None, input_size=None,
+                 items=None, # The items explained (paths, images), when known
+                 orig_sizes=None, # `(H, W)` of each item in its own pixels, when known
+                 geometry=None): # What made the model input from the items (e.g. the `DataLoaders`), for `fastcam.boxes`
         store_attr()
     def __len__(self): return len(self.maps)
+    def _with(self, **kw):
+        "A copy with some fields replaced"
+        d = {k: getattr(self, k) for k in ('maps','targets','probs','vocab','layer','method','input_size','items','orig_sizes','geometry')}
+        return CamResult(**{**d, **kw})
+    def to(self, device):
+        "This result with its tensors on `device`"
+        return self._with(maps=self.maps.to(device), targets=self.targets.to(device), probs=self.probs.to(device))
+    def boxes(self, mode:str='threshold', **kwargs):
+        "Boxes in original pixels, one row per box (see `fastcam.boxes.result_boxes`)"
+        from fastcam.boxes import result_boxes
+        return result_boxes(self, mode, **kwargs)
+    def original_maps(self, i:int, **kwargs):
+        "The maps `[T,H,W]` of item `i` in its original pixels (see `fastcam.boxes.result_original_maps`)"
+        from fastcam.boxes import result_original_maps
+        return result_original_maps(self, i, **kwargs)
+    def show(self, imgs, **kwargs):
+        "Draw each item's map over its image (see `fastcam.show.show_result`)"
+        from fastcam.show import show_result
+        return show_result(self, imgs, **kwargs)
     def __getitem__(self, i):
         "The result for item(s) `i`, keeping the batch dimension"
         if isinstance(i, int): i = slice(i, (i+1) or None)
-        return CamResult(self.maps[i], self.targets[i], self.probs[i], self.vocab, self.layer, self.method, self.input_size)
+        pick = lambda o: None if o is None else [o[k] for k in range(len(o))[i]] if isinstance(i, slice) else [o[int(k)] for k in i]
+        return self._with(maps=self.maps[i], targets=self.targets[i], probs=self.probs[i], items=pick(self.items), orig_sizes=pick(self.orig_sizes))
     @property
     def preds(self): return self.probs.argmax(1)
     @property
@@ -210,8 +233,9 @@ def cat(cls:CamResult, results:list):
     T = max(r.targets.shape[1] for r in rs)
     def _pad(t, v): return F.pad(t, (0,0,0,0,0,T-t.shape[1]), value=v) if t.ndim==4 else F.pad(t, (0,T-t.shape[1]), value=v)
     r0 = rs[0]
-    return cls(torch.cat([_pad(r.maps, 0.) for r in rs]), torch.cat([_pad(r.targets, -1) for r in rs]),
-               torch.cat([r.probs for r in rs]), r0.vocab, r0.layer, r0.method, r0.input_size)
+    join = lambda k: None if any(getattr(r, k) is None for r in rs) else [o for r in rs for o in getattr(r, k)]
+    return r0._with(maps=torch.cat([_pad(r.maps, 0.) for r in rs]), targets=torch.cat([_pad(r.targets, -1) for r in rs]),
+                    probs=torch.cat([r.probs for r in rs]), items=join('items'), orig_sizes=join('orig_sizes'))
 
 # %% ../nbs/01_core.ipynb #92cdcf4f
 class Gathered:
@@ -376,8 +400,7 @@ def fuse_cams(results:list) -> CamResult:
     "One `CamResult` whose maps are the mean of `results`' normalised maps, upsampled to the largest"
     size = max((r.maps.shape[-2:] for r in results), key=lambda s: s[0]*s[1])
     maps = torch.stack([upsample_maps(r.normalized(), size) for r in results]).mean(0)
-    r0 = results[0]
-    return CamResult(maps, r0.targets, r0.probs, r0.vocab, 'fused', r0.method, r0.input_size)
+    return results[0]._with(maps=maps, layer='fused')
 
 # %% ../nbs/01_core.ipynb #e39c1414
 def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', vocab=None, multi_label:bool=False, **kwargs):
@@ -404,13 +427,16 @@ def cam(self:Learner, x, layer=None, target=None, method='gradcam', bs:int=None,
     "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `self.dls.test_dl`"
     kw = dict(layer=layer, method=method, vocab=_vocab(self), multi_label=_learner_multi_label(self), **kwargs)
     if isinstance(x, Tensor): return cam(self.model, x, target=target, **kw)
+    from fastcam.items import check_items
     items = list(x) if isinstance(x, (list, tuple)) else [x]
     if not items: raise ValueError("no items to explain: the list is empty")
+    sizes = [i.size for i in check_items(items)]
     dl = self.dls.test_dl(items, bs=bs or self.dls.bs)
     res,i = [],0
     for b in dl:
         xb = b[0]
         t = target[i:i+len(xb)] if isinstance(target, (list, tuple, Tensor)) else target
         res.append(cam(self.model, xb, target=t, **kw)); i += len(xb)
-    if isinstance(res[0], dict): return {k: CamResult.cat([r[k] for r in res]) for k in res[0]}
-    return CamResult.cat(res)
+    known = dict(items=items, orig_sizes=sizes, geometry=self.dls)
+    if isinstance(res[0], dict): return {k: CamResult.cat([r[k] for r in res])._with(**known) for k in res[0]}
+    return CamResult.cat(res)._with(**known)

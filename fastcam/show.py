@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from .core import CamResult, upsample_maps, normalize_maps
 
 # %% auto #0
-__all__ = ['show_heatmap', 'show_cam']
+__all__ = ['show_heatmap', 'show_cam', 'show_result']
 
 # %% ../nbs/06_show.ipynb #13e9faee
 def _np(x):
@@ -63,15 +63,14 @@ def _title(r, i, j=0):
     "Class name and probability of target slot `j` of item `i`"
     return f"{r.target_names[i][j]} {float(r.target_probs[i, j]):.2f}"
 
-@patch
-def show(self:CamResult, imgs, # Images the maps explain: a batch [B,C,H,W] or a list
-         slot:int=0, # Which target slot to draw
-         ncols:int=4, figsize=None, **kwargs):
-    "Draw each item's map of target `slot` over its image, titled with class and probability; returns the axes"
-    n = len(self)
+def show_result(res:CamResult, imgs, # Images the maps explain: a batch [B,C,H,W] or a list
+                slot:int=0, # Which target slot to draw
+                ncols:int=4, figsize=None, **kwargs):
+    "Draw each item's map of target `slot` over its image, titled with class and probability (`res.show(imgs)`); returns the axes"
+    n = len(res)
     nrows = (n + ncols - 1)//ncols
     fig,axs = plt.subplots(nrows, min(n, ncols), figsize=figsize or (3*min(n, ncols), 3*nrows), squeeze=False)
     axs = axs.flatten()
-    for i in range(n): show_cam(imgs[i], self.maps[i, slot].relu(), ctx=axs[i], title=_title(self, i, slot), **kwargs)
+    for i in range(n): show_cam(imgs[i], res.maps[i, slot].relu(), ctx=axs[i], title=_title(res, i, slot), **kwargs)
     for ax in axs[n:]: ax.axis('off')
     return axs
