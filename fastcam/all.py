@@ -15,5 +15,6 @@ from .guided import *
 from .items import *
 from .boxes import *
 from .synth import *
+from .metrics import *
 from .show import *
 from .callback import *

@@ -13,7 +13,7 @@ from torch import Tensor
 from fastcore.basics import store_attr, patch
 from fastai.callback.core import Callback
 from fastai.learner import Learner
-from .core import CamSession, CamResult, cam_result, needs_grad, _vocab, _learner_multi_label, _first_tensor
+from .core import CamSession, CamResult, cam_result, needs_grad, learner_cam, _vocab, _learner_multi_label, _first_tensor
 
 # %% auto #0
 __all__ = ['GradCAMCallback', 'CAMMonitor']
@@ -107,7 +107,7 @@ class CAMMonitor(Callback):
 
     def after_epoch(self):
         if (self.epoch+1) % self.every: return
-        with _RNGState(): self.history.append(self.learn.cam(self.xb, layer=self.layer, target=self.target, method=self.method).to('cpu'))
+        with _RNGState(): self.history.append(learner_cam(self.learn, self.xb, layer=self.layer, target=self.target, method=self.method).to('cpu'))
         self.epochs.append(self.epoch)
 
 # %% ../nbs/08_callback.ipynb #5bf48900

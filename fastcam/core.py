@@ -17,7 +17,7 @@ from .hooks import _first_tensor
 # %% auto #0
 __all__ = ['eval_mode', 'module_name', 'trace_modules', 'auto_layer', 'find_layer', 'head_kind', 'out_probs', 'class_scores',
            'resolve_targets', 'CamResult', 'normalize_maps', 'upsample_maps', 'Gathered', 'gap_linear_head',
-           'CamSession', 'gather', 'needs_grad', 'cam_result', 'several_layers', 'fuse_cams', 'cam']
+           'CamSession', 'gather', 'needs_grad', 'cam_result', 'several_layers', 'fuse_cams', 'cam', 'learner_cam']
 
 # %% ../nbs/01_core.ipynb #3d52256d
 @contextmanager
@@ -422,21 +422,25 @@ def _vocab(learn):
     return list(v) if v is not None else None
 
 # %% ../nbs/01_core.ipynb #dc83aa62
-@patch
-def cam(self:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, **kwargs) -> CamResult:
-    "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `self.dls.test_dl`"
-    kw = dict(layer=layer, method=method, vocab=_vocab(self), multi_label=_learner_multi_label(self), **kwargs)
-    if isinstance(x, Tensor): return cam(self.model, x, target=target, **kw)
+def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, **kwargs):
+    "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `(dls or learn.dls).test_dl`"
+    kw = dict(layer=layer, method=method, vocab=_vocab(learn), multi_label=_learner_multi_label(learn), **kwargs)
+    if isinstance(x, Tensor) and x.ndim==4: return cam(learn.model, x, target=target, **kw)
     from fastcam.items import check_items
     items = list(x) if isinstance(x, (list, tuple)) else [x]
     if not items: raise ValueError("no items to explain: the list is empty")
     sizes = [i.size for i in check_items(items)]
-    dl = self.dls.test_dl(items, bs=bs or self.dls.bs)
+    dls = dls or learn.dls
     res,i = [],0
-    for b in dl:
+    for b in dls.test_dl(items, bs=bs or dls.bs):
         xb = b[0]
         t = target[i:i+len(xb)] if isinstance(target, (list, tuple, Tensor)) else target
-        res.append(cam(self.model, xb, target=t, **kw)); i += len(xb)
-    known = dict(items=items, orig_sizes=sizes, geometry=self.dls)
+        res.append(cam(learn.model, xb, target=t, **kw)); i += len(xb)
+    known = dict(items=items, orig_sizes=sizes, geometry=dls)
     if isinstance(res[0], dict): return {k: CamResult.cat([r[k] for r in res])._with(**known) for k in res[0]}
     return CamResult.cat(res)._with(**known)
+
+@patch
+def cam(self:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, **kwargs):
+    "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `(dls or self.dls).test_dl`"
+    return learner_cam(self, x, layer, target, method, bs, dls, **kwargs)

@@ -11,10 +11,15 @@ import matplotlib.pyplot as plt
 from torch import Tensor
 from fastai.torch_core import show_image
 from fastcore.basics import patch
-from .core import CamResult, upsample_maps, normalize_maps
+import pandas as pd
+from fastai.vision.core import PILImage, TensorBBox, LabeledBBox
+from .core import CamResult, upsample_maps, normalize_maps, learner_cam
+from .items import check_item, read_dicom
+from .boxes import show_boxes
 
 # %% auto #0
-__all__ = ['show_heatmap', 'show_cam', 'show_result']
+__all__ = ['show_heatmap', 'show_cam', 'show_result', 'original_image', 'show_original_cam', 'explain_item', 'get_cmaps',
+           'boxes_to_bbox', 'get_boxes']
 
 # %% ../nbs/06_show.ipynb #13e9faee
 def _np(x):
@@ -74,3 +79,105 @@ def show_result(res:CamResult, imgs, # Images the maps explain: a batch [B,C,H,W
     for i in range(n): show_cam(imgs[i], res.maps[i, slot].relu(), ctx=axs[i], title=_title(res, i, slot), **kwargs)
     for ax in axs[n:]: ax.axis('off')
     return axs
+
+# %% ../nbs/06_show.ipynb #9aeeedc4
+def original_image(item, window=None):
+    "The item at its original resolution, ready to draw: a windowed 8-bit DICOM array, a PIL image, or the tensor"
+    info = check_item(item)
+    if info.kind=='dicom': return read_dicom(item, window)
+    if info.kind=='image': return PILImage.create(item)
+    return item
+
+def _is_gray(img):
+    a = np.asarray(img) if not isinstance(img, Tensor) else img
+    return a.ndim==2 or (isinstance(img, Tensor) and img.shape[0]==1)
+
+# %% ../nbs/06_show.ipynb #f85005ca
+def show_original_cam(res:CamResult, i:int=0, slot:int=0, img=None, ctx=None, window=None, figsize=None,
+                      alpha:float=0.5, cmap:str='magma', interpolation:str='bilinear', merge:bool=True, title:str=None, **kwargs):
+    "Draw item `i` of `res` at its original resolution with the map of target `slot` over it (or beside it)"
+    img = original_image(res.items[i], window) if img is None else img
+    m = res.original_maps(i)[slot]
+    title = title or _title(res, i, slot)
+    return show_cam(img, m, ctx=ctx, figsize=figsize, title=title, alpha=alpha, cmap=cmap, interpolation=interpolation,
+                    merge=merge, img_cmap='bone' if _is_gray(img) else None, **kwargs)
+
+# %% ../nbs/06_show.ipynb #ee9ac968
+def explain_item(item, dls, learn, layer=None, target=None, method='gradcam', **kwargs) -> CamResult:
+    "The `CamResult` of one item through `dls.test_dl` (a tensor is taken as preprocessed input)"
+    if isinstance(item, Tensor):
+        x = item if item.ndim==4 else item[None]
+        return learner_cam(learn, x, layer, target, method, **kwargs)._with(items=[item], orig_sizes=[tuple(x.shape[-2:])])
+    return learner_cam(learn, [item], layer, target, method, dls=dls, **kwargs)
+
+def _sanity(res):
+    "Print the predicted class, its index and the probabilities, as the reference walkthrough's `sanity=True`"
+    p = res.probs[0].cpu()
+    pred = int(p.argmax())
+    print(res.vocab[pred] if res.vocab is not None else pred)
+    print(f"class index {pred} of {len(p)}: targets {res.targets[0].tolist()}")
+    print(', '.join(f"{res.vocab[k] if res.vocab is not None else k}: {float(v):.4f}" for k,v in enumerate(p)))
+
+# %% ../nbs/06_show.ipynb #b00cb93e
+def get_cmaps(item, # A DICOM or image file, a PIL image/PILDicom, or a preprocessed tensor [C,H,W]
+              dls, # The `DataLoaders` whose validation preprocessing the model expects
+              learn, # The `Learner`
+              layer=None, # The layer to explain (see `find_layer`)
+              sanity:bool=False, # Print the predicted class, its index and the probabilities
+              show_maps:bool=True, # Draw every target's map at layer resolution
+              show_cmap:bool=True, # Draw the image at original resolution with the first target's map over it
+              target='all', # Which classes: 'all' (predicted first), None (predicted), an int or a class name
+              method='gradcam', # A method name from `fastcam.methods.methods`
+              window=None, # DICOM window: None (the file's), `(width, level)` or a `dicom_windows` name
+              figsize=None, **show_kwargs) -> CamResult: # alpha, cmap, interpolation, merge for the overlay
+    "Class activation maps of `item`, every class by default; optionally printed and drawn"
+    res = explain_item(item, dls, learn, layer, target, method)
+    if sanity: _sanity(res)
+    if show_maps:
+        T = res.targets.shape[1]
+        _,axs = plt.subplots(1, T, figsize=figsize or (3*T, 3), squeeze=False)
+        for j in range(T): show_heatmap(res.maps[0,j].relu(), ctx=axs[0,j], title=_title(res, 0, j))
+    if show_cmap: show_original_cam(res, 0, 0, window=window, figsize=figsize, **show_kwargs)
+    return res
+
+# %% ../nbs/06_show.ipynb #994342cb
+def boxes_to_bbox(df:pd.DataFrame, img_size=None) -> LabeledBBox:
+    "A `LabeledBBox` of the rows of a boxes table, carrying the table as `df` and its `probs`, `scores`, `classes`"
+    bb = TensorBBox.create(torch.tensor(df[['x0','y0','x1','y1']].to_numpy(np.float32)).reshape(-1, 4), img_size=img_size)
+    lb = LabeledBBox(bb, [str(l) for l in df['label']])
+    col = lambda c,t: torch.tensor(df[c].to_numpy(t))
+    lb.df,lb.probs,lb.scores,lb.classes = df,col('prob', np.float32),col('score', np.float32),col('class', np.int64)
+    return lb
+
+# %% ../nbs/06_show.ipynb #ef5a7594
+def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preprocessed tensor [C,H,W]
+              dls, # The `DataLoaders` whose validation preprocessing the model expects
+              learn, # The `Learner`
+              layer=None, # The layer to explain (see `find_layer`)
+              sanity:bool=False, # Print the predicted class, its index and the probabilities
+              show_maps:bool=False, # Draw the maps at layer resolution
+              show_img:bool=True, # Draw the boxes on the image at its original resolution
+              color='red', # One color, a list (one per box) or a dict per class name
+              mode:str='threshold', # 'threshold' (connected regions) or 'peak' (the highest cell)
+              target=None, # Which classes: None (predicted), 'all', an int or a class name
+              method='gradcam', # A method name from `fastcam.methods.methods`
+              threshold:float=0.7, # For 'threshold': fraction of the map's maximum
+              min_area:int=16, # For 'threshold': smallest region, in original pixels
+              topk:int=1, # Best boxes kept per map (None: all)
+              window=None, # DICOM window for drawing
+              lw:float=2, figsize=None, ctx=None) -> LabeledBBox:
+    "Boxes of `item`'s maps in its original pixels, as a `LabeledBBox` carrying the table `df`; optionally drawn"
+    res = explain_item(item, dls, learn, layer, target, method)
+    if sanity: _sanity(res)
+    kw = dict(threshold=threshold, min_area=min_area, topk=topk) if mode=='threshold' else {}
+    df = res.boxes(mode=mode, **kw)
+    H,W = res.orig_sizes[0]
+    lb = boxes_to_bbox(df, img_size=(W, H))
+    if show_maps:
+        T = res.targets.shape[1]
+        _,axs = plt.subplots(1, T, figsize=(3*T, 3), squeeze=False)
+        for j in range(T): show_heatmap(res.maps[0,j].relu(), ctx=axs[0,j], title=_title(res, 0, j))
+    if show_img:
+        img = original_image(res.items[0], window)
+        show_boxes(img, df, color=color, lw=lw, ctx=ctx, figsize=figsize, cmap='bone' if _is_gray(img) else None, title=_title(res, 0, 0))
+    return lb
