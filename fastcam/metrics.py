@@ -22,7 +22,7 @@ __all__ = ['as_boxes', 'box_area', 'box_intersection', 'box_iou', 'box_iobb', 'p
            'map_boxes', 'box_acc_curves', 'box_acc_curve', 'box_acc', 'max_box_acc', 'max_box_acc_v2',
            'average_precision', 'pxap', 'average_drop_increase', 'blur', 'perturbation_curves', 'curve_auc',
            'deletion_auc', 'insertion_auc', 'read_boxes_csv', 'read_coco', 'rle_decode', 'rle_encode', 'read_rle_csv',
-           'read_mask', 'mask_to_boxes']
+           'read_mask', 'mask_to_boxes', 'CamEvaluation', 'evaluate_cams']
 
 # %% ../nbs/09_metrics.ipynb #efe48952
 def as_boxes(b) -> Tensor:
@@ -479,3 +479,64 @@ def mask_to_boxes(mask, # `[H, W]`, nonzero = foreground
     areas = np.bincount(lab.ravel())[1:]
     b = [(xs.start, ys.start, xs.stop, ys.stop) for (ys,xs),a in zip(ndimage.find_objects(lab), areas) if a >= min_area]
     return torch.tensor(b, dtype=torch.long).reshape(-1, 4)
+
+# %% ../nbs/09_metrics.ipynb #9f1500e1
+class CamEvaluation(pd.DataFrame):
+    "A DataFrame of metrics, one row per method x layer, with `show()`"
+    @property
+    def _constructor(self): return CamEvaluation
+    def show(self, metrics=None, ctx=None, figsize=None):
+        "Bar chart of `metrics` (default: all) per method x layer; returns the axis"
+        import matplotlib.pyplot as plt
+        cols = metrics or [c for c in self.columns if c not in ('method', 'layer')]
+        d = pd.DataFrame(self[cols].to_numpy(float), columns=cols, index=[f"{m} @ {l}" for m,l in zip(self['method'], self['layer'])])
+        if ctx is None: _,ctx = plt.subplots(figsize=figsize or (1.5+1.2*len(cols), 3))
+        d.T.plot.bar(ax=ctx, rot=0)
+        ctx.set_ylabel('%'); ctx.legend(fontsize=8)
+        return ctx
+
+# %% ../nbs/09_metrics.ipynb #a4ab89b4
+def _gt_for(gt, f):
+    "Ground truth of file `f` from `gt`, keyed by its path or any tail of it (as a CSV relative to a folder has them: 'images/case_001.dcm')"
+    if str(f) in gt: return gt[str(f)]
+    parts = Path(f).parts
+    for n in range(len(parts)):
+        k = '/'.join(parts[n:])
+        if k in gt: return gt[k]
+    return None
+
+def _is_mask(g): return g is not None and torch.as_tensor(g).ndim==2 and torch.as_tensor(g).shape[-1]!=4
+
+def evaluate_cams(learn, items:list, # the Learner, and the files to explain
+                  gt:dict, # file (path or name) -> boxes `[K, 4]` in original pixels, or a mask `[H, W]`
+                  methods=('gradcam',), # method names
+                  layers=(None,), # layers (None: the default one)
+                  target=None, # the class explained: None (predicted), a class name or index (e.g. the finding's class)
+                  tolerance:float=15, # pointing game tolerance in pixels
+                  thresholds=0.01, # CAM thresholds for MaxBoxAcc, PxAP
+                  faithfulness:bool=True, # also Average Drop / Increase in Confidence
+                  bs:int=16) -> CamEvaluation:
+    "One row per method x layer: localization (and faithfulness) metrics of the maps of `items` against `gt`"
+    from fastprogress.fastprogress import progress_bar
+    from fastcam.core import learner_cam
+    items = list(items)
+    g = [_gt_for(gt, f) for f in items]
+    masks = [x if _is_mask(x) else None for x in g]
+    boxes = [None if x is None else mask_to_boxes(x) if _is_mask(x) else as_boxes(x) for x in g]
+    rows = []
+    for method,layer in progress_bar([(m,l) for m in methods for l in layers]):
+        res = learner_cam(learn, items, layer, target, method, bs=bs)
+        omaps = [res.original_maps(i, fill=float('nan'))[0] for i in range(len(items))]
+        r = dict(method=method, layer=res.layer)
+        if any(b is not None and len(b) for b in boxes):
+            r['pointing_game'] = pointing_game(omaps, boxes, tolerance)
+            r['max_box_acc'] = max_box_acc(omaps, boxes, thresholds=thresholds)
+            r['max_box_acc_v2'] = max_box_acc_v2(omaps, boxes, thresholds=thresholds)
+        if any(m is not None for m in masks):
+            sel = [k for k,m in enumerate(masks) if m is not None]
+            r['pxap'] = pxap([omaps[k] for k in sel], [masks[k] for k in sel], thresholds)
+        if faithfulness:
+            xb = torch.cat([b[0] for b in learn.dls.test_dl(items, bs=bs)])
+            r['average_drop'],r['increase_in_confidence'] = average_drop_increase(learn.model, xb, res.upsampled()[:, :1], res.targets[:, :1])
+        rows.append(r)
+    return CamEvaluation(rows)
