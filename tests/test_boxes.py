@@ -319,9 +319,10 @@ def test_fastai_originals_are_verbatim():
 def _drawn(ax):
     "What was drawn on `ax`: every patch and text with its geometry, colors, widths and outline"
     pe = lambda o: [(type(p).__name__, getattr(p, '_gc', {}).get('linewidth'), str(getattr(p, '_gc', {}).get('foreground'))) for p in o.get_path_effects()]
-    ps = [(type(p).__name__, tuple(map(float, p.get_xy())), float(p.get_width()), float(p.get_height()), p.get_edgecolor(), p.get_fill(),
+    r = lambda v: round(float(v), 4)   # float32 vs float64 arithmetic may differ in the last bits of a coordinate
+    ps = [(type(p).__name__, tuple(map(r, p.get_xy())), r(p.get_width()), r(p.get_height()), p.get_edgecolor(), p.get_fill(),
            p.get_linewidth(), pe(p)) for p in ax.patches]
-    ts = [(t.get_text(), tuple(map(float, t.get_position())), t.get_color(), t.get_fontsize(), t.get_weight(), t.get_va(), pe(t)) for t in ax.texts]
+    ts = [(t.get_text(), tuple(map(r, t.get_position())), t.get_color(), t.get_fontsize(), t.get_weight(), t.get_va(), pe(t)) for t in ax.texts]
     return ps, ts
 
 BB = [[10, 20, 50, 60], [30, 5, 40, 15], [0, 0, 0, 0]]
