@@ -35,7 +35,7 @@ class GradCAMCallback(Callback):
 
     def before_validate(self):
         "Start a new collection; note the item order when `get_preds` will reorder its predictions"
-        self.results,self.i = [],0
+        self.results,self.i,self.dl_used = [],0,self.dl
         gi = getattr(self.dl, 'get_idxs', None)
         self.idxs = list(gi()) if type(gi).__name__=='_ConstantFunc' else None
 
@@ -70,9 +70,20 @@ class GradCAMCallback(Callback):
         "The maps of every item, in the order of the predictions (`get_preds` puts a shuffled dl back in dataset order)"
         if not self.results: raise ValueError("GradCAMCallback has no maps yet: use it in learn.get_preds(dl=..., cbs=cb)")
         r = CamResult.cat(self.results)
-        return r if self.idxs is None else r[torch.tensor(self.idxs).argsort()]
+        r = r if self.idxs is None else r[torch.tensor(self.idxs).argsort()]
+        return r._with(geometry=self.dl_used, **_items_of(self.dl_used, len(r)))
 
-# %% ../nbs/08_callback.ipynb #66501c2f
+# %% ../nbs/08_callback.ipynb #77a904c4
+def _items_of(dl, n):
+    "items and orig_sizes of a DataLoader's items when they are files/images, else nothing"
+    from fastcam.items import check_item
+    its = getattr(dl, 'items', None)
+    if its is None or len(its)!=n: return {}
+    its = list(its)
+    try: return dict(items=its, orig_sizes=[check_item(o).size for o in its])
+    except Exception: return {}
+
+# %% ../nbs/08_callback.ipynb #502c30dc
 @patch
 def get_cams(self:Learner, dl=None, layer=None, target=None, method='gradcam', **kwargs) -> CamResult:
     "Maps of every item of `dl` (default: the validation set) through `get_preds` with a `GradCAMCallback`"
@@ -80,7 +91,7 @@ def get_cams(self:Learner, dl=None, layer=None, target=None, method='gradcam', *
     self.get_preds(dl=dl, cbs=cb, **kwargs)
     return cb.cams
 
-# %% ../nbs/08_callback.ipynb #1bc672f1
+# %% ../nbs/08_callback.ipynb #006ddbb6
 class _RNGState:
     "Save Python's, NumPy's and torch's random states on enter; put them back on exit"
     def __enter__(self):
@@ -89,7 +100,7 @@ class _RNGState:
         random.setstate(self.s[0]); np.random.set_state(self.s[1]); torch.set_rng_state(self.s[2])
         if self.s[3] is not None: torch.cuda.set_rng_state_all(self.s[3])
 
-# %% ../nbs/08_callback.ipynb #3e0f9c7b
+# %% ../nbs/08_callback.ipynb #5bf48900
 class CAMMonitor(Callback):
     "Keep the maps of `items` after every `every` epochs of training"
     order = 100
@@ -110,7 +121,7 @@ class CAMMonitor(Callback):
         with _RNGState(): self.history.append(learner_cam(self.learn, self.xb, layer=self.layer, target=self.target, method=self.method).to('cpu'))
         self.epochs.append(self.epoch)
 
-# %% ../nbs/08_callback.ipynb #5bf48900
+# %% ../nbs/08_callback.ipynb #4f4f59f3
 @patch
 def show(self:CAMMonitor, figsize=None, **kwargs):
     "Draw the epochs x items grid of maps over their images; returns the figure"
@@ -126,7 +137,7 @@ def show(self:CAMMonitor, figsize=None, **kwargs):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_callback.ipynb #209f8de3
+# %% ../nbs/08_callback.ipynb #9e4b597b
 def _fig_image(fig):
     "A matplotlib figure as a PIL image"
     from PIL import Image

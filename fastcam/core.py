@@ -430,6 +430,8 @@ def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:
     items = list(x) if isinstance(x, (list, tuple)) else [x]
     if not items: raise ValueError("no items to explain: the list is empty")
     sizes = [i.size for i in check_items(items)]
+    if isinstance(target, (list, tuple, Tensor)) and len(target)!=len(items):
+        raise ValueError(f"target has {len(target)} entries for {len(items)} items; give one per item (a list per item, like [['a','b']], for several classes of one item), or one for all")
     dls = dls or learn.dls
     res,i = [],0
     for b in dls.test_dl(items, bs=bs or dls.bs):

@@ -13,6 +13,7 @@ def render() -> str:
     nb.cells = [c for c in nb.cells if not c.source.lstrip().startswith('#| hide')]
     body, _ = MarkdownExporter(exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
     note = '<!-- Generated from nbs/index.ipynb by tools/readme.py: edit the notebook, not this file. -->\n\n'
+    body = body.replace('](images/', '](nbs/images/')   # the notebook's pictures, seen from the repository root
     return note + body.strip() + '\n'
 
 if __name__ == '__main__':
