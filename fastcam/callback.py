@@ -85,11 +85,14 @@ def _items_of(dl, n):
 
 # %% ../nbs/08_callback.ipynb #502c30dc
 @patch
-def get_cams(self:Learner, dl=None, layer=None, target=None, method='gradcam', **kwargs) -> CamResult:
-    "Maps of every item of `dl` (default: the validation set) through `get_preds` with a `GradCAMCallback`"
+def get_cams(self:Learner, dl=None, layer=None, target=None, method='gradcam',
+             with_boxes:bool=False, # Also return the boxes table (one row per box, in original pixels)
+             **box_kwargs): # Passed to `CamResult.boxes` (mode, threshold, min_area, topk, orig_sizes)
+    "Maps of every item of `dl` (default: the validation set) through `get_preds` with a `GradCAMCallback`; with `with_boxes`, `(maps, boxes)`"
     cb = GradCAMCallback(layer=layer, target=target, method=method)
-    self.get_preds(dl=dl, cbs=cb, **kwargs)
-    return cb.cams
+    self.get_preds(dl=dl, cbs=cb)
+    res = cb.cams
+    return (res, res.boxes(**box_kwargs)) if with_boxes else res
 
 # %% ../nbs/08_callback.ipynb #006ddbb6
 class _RNGState:
