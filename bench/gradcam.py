@@ -21,11 +21,12 @@ Calls are interleaved (one call of every method per round, the starting method r
 shared machine falls on all of them alike. Between calls, hooks are checked to be gone and every parameter's
 `.grad` is set to None (pytorch-grad-cam runs a full `loss.backward()`, which writes them).
 
-Usage: `python bench/gradcam.py [--quick] [--out FILE] [--models resnet18,resnet50] [--bs 1,8] [--budget 100]`
+Usage: `python bench/gradcam.py [--quick] [--out FILE] [--models resnet18,resnet50] [--bs 1,8] [--budget 150]`
 """
 from __future__ import annotations
 import argparse, ctypes, gc, json, os, platform, random, statistics, subprocess, sys, threading, time, warnings
 from importlib.metadata import version, PackageNotFoundError
+T0 = time.perf_counter()            # budgets count from here, imports included
 warnings.filterwarnings('ignore')   # deprecation chatter from the peers' imports
 
 import numpy as np
@@ -206,9 +207,9 @@ def time_row(model, dev, calls, n_warm, reps, deadline=None, min_reps=3):
     return ({n:statistics.median(v) for n,v in times.items()}, {n:min(v) for n,v in times.items()},
             {n:len(v) for n,v in times.items()})
 
-def mem_row(model, dev, calls, n_mem):
-    "Median peak extra memory of each method over `n_mem` interleaved rounds"
-    names = list(calls)
+def mem_row(model, dev, calls, n_mem, names=None):
+    "Median peak extra memory of each method (of `names`, default all) over `n_mem` interleaved rounds"
+    names = list(names or calls)
     mem = {n:[] for n in names}
     for r in range(n_mem):
         for name in _rotated(names, r): mem[name].append(peak_extra(calls[name], dev)); cleanup(model, name)
@@ -242,39 +243,48 @@ class Setups:
         with torch.no_grad(): tl = model(xb).argmax(1).tolist()     # the targets, for every method
         return model, xb, tl, make_calls(model, xb, tl)
 
-def memory_child(quick, models, bss):
-    "Run in a child process: print, as JSON, the peak extra CPU memory of every method for every row"
+def memory_child(quick, models, bss, seconds=float('inf')):
+    """Run in a child process: print, as JSON, the peak extra CPU memory of every method for every row. First the
+    forward and fastcam for every row, then the peers, row by row, while `seconds` last (--quick on a busy machine
+    may leave some peers out; they show as '-')."""
     rss_follows_allocations()   # first thing, before the heap grows
     _threads()
-    setup, res, cpu = Setups(), [], torch.device('cpu')
-    for i,(name, bs) in enumerate((name, bs) for name in models for bs in bss):
+    t_end = T0 + seconds
+    setup, cpu, n_mem = Setups(), torch.device('cpu'), plan(quick)[1]
+    cfgs = [(name, bs) for name in models for bs in bss]
+    res = []
+    # Warm-up: a method's first call in a process allocates a few MB for good, so every method is called once on
+    # the first row; then the forward and fastcam (its probe) once on each row. Measured, a further warm-up of the
+    # peers on each row changes their numbers by less than 1%.
+    for i,(name, bs) in enumerate(cfgs):
         model, xb, tl, calls = setup(cpu, name, bs)
-        # Warm up: every method once on the first row (a method's first call in a process allocates a few MB once
-        # for good), then the forward and fastcam (its probe) on each row; measured, a further warm-up of the
-        # peers at each row changes their numbers by less than 1%.
         for k in (calls if i==0 else ['forward', 'fastcam']): calls[k](); cleanup(model, k)
-        res.append(mem_row(model, cpu, calls, plan(quick)[1]))
+        res.append(mem_row(model, cpu, calls, n_mem, ['forward', 'fastcam']))
+    for (name, bs), r in zip(cfgs, res):
+        if time.perf_counter() > t_end: break
+        model, xb, tl, calls = setup(cpu, name, bs)
+        r.update(mem_row(model, cpu, calls, n_mem, [k for k in calls if k in PEERS]))
     print('MEMORY ' + json.dumps(res))
 
-def cpu_memory(quick, models, bss):
+def cpu_memory(quick, models, bss, seconds=float('inf')):
     "The peak extra CPU memory of every row, from a child process (see above)"
     cmd = [sys.executable, os.path.abspath(__file__), '--memory-child', '--models', ','.join(models),
-           '--bs', ','.join(map(str, bss))] + (['--quick'] if quick else [])
+           '--bs', ','.join(map(str, bss)), '--budget', str(seconds)] + (['--quick'] if quick else [])
     p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(p.stdout.split('MEMORY ', 1)[1])
 
-def main(quick=False, out=None, models=('resnet18','resnet50'), bss=(1,8), budget=100.):
+def main(quick=False, out=None, models=('resnet18','resnet50'), bss=(1,8), budget=150.):
     n_cpu = _threads()
     devs = [torch.device('cpu')] + ([torch.device('cuda')] if torch.cuda.is_available() else [])
     n_warm, n_mem, reps = plan(quick)
-    # --quick also has a time budget, so that a busy machine cannot push it far past 3 minutes: each row gets a
-    # share of `budget` seconds of timing in proportion to its rough cost (and the slack of the rows before it); a
-    # row that runs out of time stops after 3 timed calls per method (the reps column says how many it got). The
-    # memory child (about 20 s on an idle machine) comes on top.
+    # --quick also has a time budget, so that a busy machine cannot push it far past 3 minutes: the timing has 60%
+    # of `budget` seconds, each row a share in proportion to its rough cost (plus the slack of the rows before it);
+    # a row that runs out of time stops after 3 timed calls per method (the reps column says how many it got). The
+    # memory child then measures the forward and fastcam on every row, and the peers while the budget lasts.
     cfgs = [(dev, name, bs) for dev in devs for name in models for bs in bss]
     cost = [bs*GFLOPS.get(name, 4.)+4 for dev,name,bs in cfgs]
-    t_start = time.perf_counter()
-    deadlines = [t_start + budget*sum(cost[:i+1])/sum(cost) if quick else None for i in range(len(cfgs))]
+    t_start = T0
+    deadlines = [t_start + .6*budget*sum(cost[:i+1])/sum(cost) if quick else None for i in range(len(cfgs))]
     setup, rows, sanity_line = Setups(), [], None
     for (dev, name, bs), deadline in zip(cfgs, deadlines):
         model, xb, tl, calls = setup(dev, name, bs)
@@ -288,7 +298,8 @@ def main(quick=False, out=None, models=('resnet18','resnet50'), bss=(1,8), budge
               f"{med['fastcam']/med['forward']:.2f}x  ({time.perf_counter()-t0:.0f} s)", file=sys.stderr, flush=True)
     del setup
     t0 = time.perf_counter()
-    for row, mem in zip([r for r in rows if r['dev']=='cpu'], cpu_memory(quick, models, bss)): row['mem'] = mem
+    left = budget-(time.perf_counter()-t_start) if quick else float('inf')
+    for row, mem in zip([r for r in rows if r['dev']=='cpu'], cpu_memory(quick, models, bss, left)): row['mem'] = mem
     print(f"  cpu memory ({time.perf_counter()-t0:.0f} s)", file=sys.stderr, flush=True)
     md = report(rows, sanity_line, quick, n_cpu, time.perf_counter()-t_start)
     print(md)
@@ -327,13 +338,13 @@ def report(rows, sanity_line, quick, n_cpu, wall):
         lines.append(f"| {r['model']} | {r['bs']} | {r['dev']} | {r['med']['forward']*1e3:.1f} | "
                      + " | ".join(_x(r, m) for m in ['fastcam']+PEERS)
                      + f" | {fm/MB:.1f} | {fw/MB:.1f} | {fm/fw if fw else float('nan'):.2f} | {reps} | {_verdict(r)} |")
-    lines += ["", "Peak extra memory of one call, MB (and x the forward's):", "",
+    lines += ["", "Peak extra memory of one call, MB (and x the forward's; '-': not measured, --quick ran out of time):", "",
               "| model | bs | device | forward | " + " | ".join(['fastcam']+PEERS) + " |",
               "|---|---|---|---|" + "---|"*(1+len(PEERS))]
     for r in rows:
         fw = r['mem']['forward']
-        cells = [(f"{r['mem'][m]/MB:.1f} ({r['mem'][m]/fw:.2f}x)" if fw else f"{r['mem'][m]/MB:.1f}")
-                 if m in r['mem'] else 'n/a' for m in ['fastcam']+PEERS]
+        cells = [((f"{r['mem'][m]/MB:.1f} ({r['mem'][m]/fw:.2f}x)" if fw else f"{r['mem'][m]/MB:.1f}")
+                  if m in r['mem'] else '-' if AVAILABLE[m] else 'n/a') for m in ['fastcam']+PEERS]
         lines.append(f"| {r['model']} | {r['bs']} | {r['dev']} | {fw/MB:.1f} | " + " | ".join(cells) + " |")
     lines += ["", "The same ratios from the fastest call of each method instead of the median (on a shared machine, "
               "load spikes hit single calls; the minimum shows the cost without them):", "",
@@ -356,9 +367,9 @@ if __name__=='__main__':
     ap.add_argument('--out', default=None, help='also write the markdown report to this file')
     ap.add_argument('--models', default='resnet18,resnet50', help='comma-separated torchvision models')
     ap.add_argument('--bs', default='1,8', help='comma-separated batch sizes')
-    ap.add_argument('--budget', type=float, default=100., help='seconds of timing that --quick aims to stay within (the memory child comes on top)')
+    ap.add_argument('--budget', type=float, default=150., help='seconds that --quick aims to stay within')
     ap.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
     a = ap.parse_args()
     models, bss = tuple(a.models.split(',')), tuple(int(b) for b in a.bs.split(','))
-    if a.memory_child: memory_child(a.quick, models, bss)
+    if a.memory_child: memory_child(a.quick, models, bss, a.budget)
     else: main(a.quick, a.out, models, bss, a.budget)
