@@ -153,7 +153,7 @@ def boxes_to_bbox(df:pd.DataFrame, img_size=None) -> LabeledBBox:
 def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preprocessed tensor [C,H,W]
               dls, # The `DataLoaders` whose validation preprocessing the model expects
               learn, # The `Learner`
-              layer=None, # The layer to explain (see `find_layer`)
+              layer=None, # The layer to explain (see `find_layer`); None: the last spatial one, coarse. For boxes prefer earlier blocks (see above)
               sanity:bool=False, # Print the predicted class, its index and the probabilities
               show_maps:bool=False, # Draw the maps at layer resolution
               show_img:bool=True, # Draw the boxes on the image at its original resolution
