@@ -248,6 +248,7 @@ class Gathered:
 
 # %% ../nbs/01_core.ipynb #041503d3
 _identity_mods = (nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
+_prob_mods = (nn.Softmax, nn.LogSoftmax, nn.Sigmoid, nn.LogSigmoid)
 
 def _is_gap(m):
     if isinstance(m, nn.AdaptiveAvgPool2d): return m.output_size in (1, (1,1))
@@ -272,6 +273,7 @@ def gap_linear_head(model:nn.Module, layer:str, xb:Tensor) -> tuple:
             t = (m.bias.detach() if m.affine else 0) - m.running_mean*s
             Wm,bm = torch.diag(s),t
         elif isinstance(m, nn.Linear): Wm,bm = m.weight.detach(),(m.bias.detach() if m.bias is not None else 0)
+        elif isinstance(m, _prob_mods): raise ValueError(f"CAM weights the logits, but the model ends in {type(m).__name__} '{n}'; explain a model without it (fastai applies softmax in the loss and in get_preds) or use method='gradcam'")
         else: raise ValueError(f"CAM needs a head of average pooling then linear layers after '{layer}', but found {type(m).__name__} '{n}' (fastai's default head uses AdaptiveConcatPool2d); use method='gradcam'")
         W,b = (Wm,bm) if W is None else (Wm@W, Wm@b+bm)
     if not pooled or W is None: raise ValueError(f"CAM needs global average pooling then a linear layer after '{layer}'; none found. Use method='gradcam'")

@@ -73,6 +73,7 @@ def show_result(res:CamResult, imgs, # Images the maps explain: a batch [B,C,H,W
                 ncols:int=4, figsize=None, **kwargs):
     "Draw each item's map of target `slot` over its image, titled with class and probability (`res.show(imgs)`); returns the axes"
     n = len(res)
+    if len(imgs) < n: raise ValueError(f"show_result: {n} maps but {len(imgs)} images; pass one image per item of the result (or show `res[:{len(imgs)}]`)")
     nrows = (n + ncols - 1)//ncols
     fig,axs = plt.subplots(nrows, min(n, ncols), figsize=figsize or (3*min(n, ncols), 3*nrows), squeeze=False)
     axs = axs.flatten()
@@ -107,8 +108,11 @@ def explain_item(item, dls, learn, layer=None, target=None, method='gradcam', **
     "The `CamResult` of one item through `dls.test_dl` (a tensor is taken as preprocessed input)"
     if isinstance(item, Tensor):
         x = item if item.ndim==4 else item[None]
-        return learner_cam(learn, x, layer, target, method, **kwargs)._with(items=[item], orig_sizes=[tuple(x.shape[-2:])])
-    return learner_cam(learn, [item], layer, target, method, dls=dls, **kwargs)
+        res = learner_cam(learn, x, layer, target, method, **kwargs)
+        known = dict(items=[item], orig_sizes=[tuple(x.shape[-2:])])
+    else: res,known = learner_cam(learn, [item], layer, target, method, dls=dls, **kwargs),{}
+    if isinstance(res, dict): res = res['fused']      # several layers: their fused map
+    return res._with(**known)
 
 def _sanity(res):
     "Print the predicted class, its index and the probabilities, as the reference walkthrough's `sanity=True`"

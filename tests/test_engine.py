@@ -154,3 +154,25 @@ def test_binary_single_logit_and_multi_label():
     r = cam(ml, xb, multi_label=True)
     assert r.targets.shape[1] >= 2 and set(r.targets[0, :2].tolist()) == {0, 1}
     torch.testing.assert_close(r.probs, torch.sigmoid(ml(xb)).detach())
+
+def test_cam_refuses_a_trailing_softmax_with_a_reason():
+    "CAM weights logits: a model that ends in Softmax gets a message that says so, not one about concat pooling"
+    model = nn.Sequential(GapLinear(), nn.Softmax(dim=1)).eval()
+    with pytest.raises(ValueError, match=r"ends in Softmax '1'.*method='gradcam'"):
+        cam(model, torch.randn(2, 3, 20, 20), layer='0.features', method='cam')
+
+def test_get_boxes_and_get_cmaps_with_several_layers_use_the_fused_map(learn, dls):
+    "layer=[...] in get_cmaps/get_boxes boxes the fused map that learn.cam(items, layer=[...])['fused'] gives"
+    from fastcam.show import get_boxes, get_cmaps
+    item, layers = dls.valid_ds.items[0], [[0, -3], [0, -2], [0, -1]]
+    ref = learn.cam([item], layer=layers)['fused']
+    res = get_cmaps(item, dls, learn, layer=layers, show_maps=False, show_cmap=False, target=None)
+    assert res.layer == 'fused'
+    torch.testing.assert_close(res.maps, ref.maps)
+    lb = get_boxes(item, dls, learn, layer=layers, show_img=False)
+    exp = ref.boxes(mode='threshold', threshold=0.7, min_area=16, topk=1)
+    assert lb.bbox.tolist() == exp[['x0', 'y0', 'x1', 'y1']].to_numpy().tolist()
+
+def test_show_result_with_too_few_images_says_so(learn, xb):
+    res = learn.cam(xb)
+    with pytest.raises(ValueError, match=f"{len(xb)} maps but 2 images"): res.show(xb[:2])

@@ -109,6 +109,13 @@ def test_one_box_per_positive_none_for_negatives(dcm_set):
     assert (bx.label == 'nodule').all()
     assert df[df.label == 'normal'][['x0', 'y0', 'x1', 'y1']].isna().all().all()
 
+def test_lesions_fall_in_either_lung_alike(tmp_path):
+    "No location prior: over a set, the box centres lie about as often in the image's left half as in its right"
+    lb = make_dicom_set(tmp_path, n=200, seed=5)
+    pos = lb[lb.label == 'nodule']
+    left = ((pos.x0 + pos.x1) / 2 < pos.cols / 2).mean()
+    assert len(pos) == 100 and 0.38 <= left <= 0.62, left
+
 def test_boxes_inside_image_and_of_lesion_size(dcm_set):
     path, _ = dcm_set
     b = _boxes(path).merge(_labels(path), on=['file', 'label'])
