@@ -28,8 +28,9 @@ from fastai.medical.imaging import dicom_windows
 
 # %% auto #0
 __all__ = ['ITEM_ERRORS', 'ItemInfo', 'ItemError', 'is_dicom', 'install_hint', 'dicom_decoders', 'check_item', 'item_error',
-           'check_items', 'original_size', 'window_array', 'resolve_window', 'apply_window', 'read_dicom', 'DicomImage',
-           'TensorDicomBW', 'DicomImageBW', 'DicomOpen', 'DicomBlock', 'show_dicom', 'open_item']
+           'check_items', 'original_size', 'window_array', 'resolve_window', 'apply_window', 'read_dicom',
+           'decode_item', 'DicomImage', 'TensorDicomBW', 'DicomImageBW', 'DicomOpen', 'DicomBlock', 'show_dicom',
+           'open_item']
 
 # %% ../nbs/04_items.ipynb #3ca163c2
 ITEM_ERRORS = {'missing': "the file doesn't exist",
@@ -379,21 +380,26 @@ def _from_pil(cls, im):
     if im.mode in _wide_modes: im = Image.fromarray(np.round(apply_window(np.asarray(im), window='percentile')*255).astype(np.uint8))
     return cls(im.convert(cls._open_args['mode']))
 
-def _open(cls, fn, window):
-    "`cls` from item `fn`: DICOM through `read_dicom`, image files and bytes through PIL, PIL images and arrays as fastai does"
-    if isinstance(fn, (str, os.PathLike)): kind = {'raw_dicom': 'dicom'}.get(k := _file_kind(fn), k) # cheap: no header parsed twice
-    elif isinstance(fn, (bytes, bytearray)): kind = 'dicom' if is_dicom(fn) else 'image'
-    else: kind = check_item(fn).kind
-    if kind=='dicom': return cls(Image.fromarray(read_dicom(fn, window)).convert(cls._open_args['mode']))
+def _decode_error(fn, e): return ItemError(fn, 'truncated' if 'truncated' in str(e) else 'corrupt', f"image can't be decoded: {type(e).__name__}: {e}")
+
+def decode_item(fn, window=None) -> tuple:
+    "`(kind, pixels)` of file (or bytes) `fn`, read and decoded once: `('dicom', read_dicom(fn, window))` or `('image', the PIL image in its own mode)`"
+    if isinstance(fn, (bytes, bytearray)): kind = 'dicom' if is_dicom(fn) else 'image'
+    else: kind = {'raw_dicom': 'dicom'}.get(k := _file_kind(fn), k) # cheap: no header parsed twice
+    if kind=='dicom': return kind,read_dicom(fn, window)
     try:
-        if kind=='pil': return _from_pil(cls, fn)
-        if kind=='tensor': return PILBase.create.__func__(cls, fn)
         with Image.open(io.BytesIO(fn) if isinstance(fn, (bytes, bytearray)) else fn) as im:
             im.load()
-            return _from_pil(cls, im.copy())
+            return kind,im.copy()
     except UnidentifiedImageError: raise ItemError(fn, 'not_image', "neither DICOM nor an image PIL reads") from None
-    except Exception as e:
-        raise ItemError(fn, 'truncated' if 'truncated' in str(e) else 'corrupt', f"image can't be decoded: {type(e).__name__}: {e}") from None
+    except Exception as e: raise _decode_error(fn, e) from None
+
+def _open(cls, fn, window):
+    "`cls` from item `fn`: DICOM through `read_dicom`, image files and bytes through PIL, PIL images and arrays as fastai does"
+    kind,x = decode_item(fn, window) if isinstance(fn, (str, os.PathLike, bytes, bytearray)) else (check_item(fn).kind,fn)
+    if kind=='dicom': return cls(Image.fromarray(x).convert(cls._open_args['mode']))
+    try: return PILBase.create.__func__(cls, x) if kind=='tensor' else _from_pil(cls, x)
+    except Exception as e: raise _decode_error(fn, e) from None
 
 class DicomImage(PILImage):
     "A `PILImage` (RGB) that opens DICOM rescaled and windowed to 8 bits; other images as `PILImage` does"

@@ -6,28 +6,39 @@ Docs: https://fastcam.github.io/fastcam/report.html.md"""
 
 # %% ../nbs/10_report.ipynb #9f1f0be4
 from __future__ import annotations
-import html, json, os, tempfile
+import html, json, os, sys, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd
 
 # %% auto #0
-__all__ = ['atomic_write', 'atomic_savefig', 'read_records', 'boxes_table', 'errors_table', 'coco_results', 'report_html',
-           'write_outputs']
+__all__ = ['atomic_write', 'sync_disk', 'atomic_savefig', 'read_records', 'boxes_table', 'errors_table', 'coco_results',
+           'report_html', 'write_outputs']
 
 # %% ../nbs/10_report.ipynb #14d20abc
-def atomic_write(path, data, mode:str='w'):
-    "Write `data` (str or bytes) to `path` through a temporary file and an atomic rename"
+def atomic_write(path, data, mode:str='w', fsync:bool=True):
+    "Write `data` (str or bytes) to `path` through a temporary file and an atomic rename; with `fsync`, on the disk before the rename"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd,tmp = tempfile.mkstemp(dir=path.parent, prefix='.'+path.name, suffix='.tmp')
     try:
         with os.fdopen(fd, mode) as f:
             f.write(data)
-            f.flush(); os.fsync(f.fileno())
+            if fsync: f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
     return path
+
+def sync_disk(path):
+    "Wait until what was written to the file system holding `path` is on the disk: Linux `syncfs`, elsewhere `os.sync` (which some systems only start)"
+    import ctypes
+    syncfs = getattr(ctypes.CDLL(None, use_errno=True), 'syncfs', None) if sys.platform.startswith('linux') else None
+    if syncfs is not None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if syncfs(fd)==0: return
+        finally: os.close(fd)
+    if hasattr(os, 'sync'): os.sync()
 
 def atomic_savefig(fig, path, **kwargs):
     "Save a matplotlib figure to `path` atomically"

@@ -11,40 +11,23 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import pydicom
 from PIL import Image
-from torch import nn
 from fastai.torch_core import set_seed
 from fastai.data.block import DataBlock, CategoryBlock
 from fastai.data.transforms import ColReader, ColSplitter
 from fastai.vision.augment import Resize
-from fastai.vision.learner import create_body
-from fastai.vision.models.xresnet import XResNet
-from fastai.layers import ResBlock
-from fastai.learner import Learner
-from fastai.metrics import accuracy
 from fastcam.synth import make_dicom_set
 from fastcam.items import DicomBlock, ItemError
 from fastcam.core import CamResult
 from fastcam.boxes import show_boxes
 from fastcam.show import get_cmaps, get_boxes
+from fastcam.cli import gap_linear_learner
 
-# The recipe (the rates it reaches are under `--- weak localisation ---`); ~50 s in all on one core of a quiet machine:
+# The recipe, which `fastcam demo` also uses (the rates it reaches are under `--- weak localisation ---`); ~50 s in all on
+# one core of a quiet machine:
 N, SEED = 600, 0              # make_dicom_set's defaults otherwise: lesions 18-64 px, soft, faint; 480 train, 120 valid (60 positive)
 SIZE, BS, EPOCHS, LR = 96, 8, 6, 5e-3
 LAYERS = [[0,-3], [0,-2], [0,-1]]   # the body's last three blocks (24x24, 12x12 and 6x6 maps), fused: mean of their normalised maps
 THRESHOLD = 0.7                     # get_boxes' default
-
-def small_xresnet(**kw):
-    "tiny_xresnet with a lighter stem (8, 16, 64 channels) and no stem max-pool: every block's map has twice the resolution"
-    m = XResNet(ResBlock, 1, [1,1,1,1], stem_szs=(8,16,64), widen=0.25, **kw)
-    m[3] = nn.Identity()
-    return m
-
-def gap_linear_learner(dls):
-    "The body and a global-average-pool + linear head. fastai's default head (concat pool, BN, 512-unit MLP) trains to the same accuracy, but its Grad-CAM maps miss the lesions (pointing 10-30%)"
-    body = create_body(small_xresnet(), pretrained=False)
-    with torch.no_grad(): nf = body.eval()(torch.zeros(1, 3, SIZE, SIZE)).shape[1]
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(nf, dls.c))
-    return Learner(dls, nn.Sequential(body, head), metrics=accuracy)
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
@@ -61,7 +44,7 @@ def trained(tmp_path_factory):
                        splitter=ColSplitter('is_valid'), item_tfms=Resize(SIZE, method='squish'))
         dls = db.dataloaders(lb, bs=BS, num_workers=0, device='cpu')
         dls.train.rng, dls.valid.rng = random.Random(SEED), random.Random(SEED)
-        learn = gap_linear_learner(dls)
+        learn = gap_linear_learner(dls, size=SIZE)   # the demo's model (fastcam.cli): small XResNet body, GAP + linear head
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(EPOCHS, LR)
         yield learn, dls, path, lb, bx, time.time() - t0
     finally: torch.set_num_threads(threads)

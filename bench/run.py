@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Benchmark: files per second of `fastcam run` against a loop of `fastcam.show.get_boxes`, one file at a time.
+
+Both sides explain the same synthetic chest-X-ray DICOMs (`fastcam.synth.make_dicom_set`) with the same exported
+Learner (the demo's tiny XResNet on the demo's DataBlock: `DicomBlock`, squish `Resize`, briefly trained), the same
+layer (the default), method (Grad-CAM) and box settings, on the CPU, in one process, measured side by side in one run:
+
+- `fastcam run` (called in-process, from the exported pickle): loads the Learner, finds the files, checks each one,
+  explains them in batches of `--bs` (one forward and one backward per batch), and writes per file a full-resolution
+  overlay PNG (image, heat map, boxes, title) and a record, then boxes.csv, boxes.coco.json, errors.csv, report.html.
+- the loop, row 1: `get_boxes(f, dls, learn, show_img=False)` per file: one `test_dl`, forward and backward per file,
+  boxes in original pixels; nothing drawn, nothing written (less work than `fastcam run`).
+- the loop, row 2: the same with `show_img=True` and the figure saved as a PNG per file (the image and its boxes,
+  no heat map: still a little less drawing than `fastcam run`'s overlay).
+
+The Learner is loaded once for the loop and its load is not timed; `fastcam run`'s time includes its own load.
+The target is `fastcam run` at least 5x the loop's files per second.
+
+On a machine that other jobs keep busy, `--threads 1` gives steadier figures: torch's parallel element-wise
+ops then wait for descheduled threads, which slows both sides (more so the loop's one-item batches).
+
+Usage: python bench/run.py [--quick] [--files 200] [--bs 16] [--size 128] [--threads N] [--out FILE]
+"""
+from __future__ import annotations
+import argparse, os, shutil, sys, tempfile, time, warnings
+warnings.filterwarnings('ignore')
+from pathlib import Path
+import matplotlib; matplotlib.use('Agg')
+import matplotlib.pyplot as plt
+import torch
+from fastai.vision.all import DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, vision_learner, load_learner
+from fastcam.synth import make_dicom_set
+from fastcam.items import DicomBlock
+from fastcam.show import get_boxes
+from fastcam.cli import tiny_xresnet, run
+
+def export_learner(root, size):
+    "The demo's DataBlock and tiny XResNet, trained for one epoch on 48 synthetic DICOMs, exported to root/model.pkl"
+    df = make_dicom_set(root/'train', n=48, seed=1)
+    dblock = DataBlock(blocks=(DicomBlock(), CategoryBlock), get_x=ColReader('file', pref=root/'train'), get_y=ColReader('label'),
+                       splitter=ColSplitter('is_valid'), item_tfms=Resize(size, method='squish'))
+    torch.manual_seed(0)
+    learn = vision_learner(dblock.dataloaders(df, bs=16, num_workers=0, device='cpu'), tiny_xresnet, pretrained=False)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-2)
+    learn.export((root/'model.pkl').resolve())
+    return root/'model.pkl'
+
+def time_run(pkl, files, out, bs):
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    rc = run(str(pkl), *map(str, files), out=str(out), trust=True, bs=bs, progress=False)
+    dt = time.perf_counter() - t0
+    assert rc == 0 and len(list((out/'overlays').glob('*.png'))) == len(files), 'fastcam run did not explain every file'
+    return dt
+
+def time_loop(learn, files, out=None):
+    if out: shutil.rmtree(out, ignore_errors=True); out.mkdir(parents=True)
+    t0 = time.perf_counter()
+    for f in files:
+        get_boxes(f, learn.dls, learn, show_img=out is not None)
+        if out: plt.gcf().savefig(out/f'{f.stem}.png', dpi=72, bbox_inches='tight'); plt.close('all')
+    return time.perf_counter() - t0
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--quick', action='store_true', help='48 files instead of 200')
+    p.add_argument('--files', type=int, default=None, help='number of synthetic DICOMs (default 200, 48 with --quick)')
+    p.add_argument('--bs', type=int, default=16, help="fastcam run's batch size")
+    p.add_argument('--size', type=int, default=128, help='model input size (squish), as the demo')
+    p.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's, one per core)")
+    p.add_argument('--out', default=None, help='also write the markdown table to this file')
+    a = p.parse_args()
+    n = a.files or (48 if a.quick else 200)
+    if a.threads: torch.set_num_threads(a.threads)
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        pkl = export_learner(root, a.size)
+        files = [root/'data'/f for f in make_dicom_set(root/'data', n=n, seed=2).file]
+        learn = load_learner(pkl, cpu=True)
+        get_boxes(files[0], learn.dls, learn, show_img=False)          # warm-up (first-call costs of both paths)
+        time_run(pkl, files[:2], root/'warm', a.bs)
+        t_run = time_run(pkl, files, root/'run', a.bs)
+        t_loop = time_loop(learn, files)
+        t_loop_png = time_loop(learn, files, root/'loop_png')
+    rows = [('get_boxes', t_loop), ('get_boxes + overlay PNG', t_loop_png)]
+    lines = [f"fastcam run vs a get_boxes loop: {n} synthetic DICOMs, tiny XResNet at {a.size} px, CPU ({torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f})", '',
+             '| files | bs | `fastcam run` s | files/s | loop | loop s | files/s | ratio | target 5x met |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for name, t in rows:
+        lines.append(f"| {n} | {a.bs} | {t_run:.1f} | {n/t_run:.1f} | {name} | {t:.1f} | {n/t:.1f} | {t/t_run:.1f}x | {'yes' if t/t_run >= 5 else 'no'} |")
+    md = '\n'.join(lines)
+    print(md)
+    if a.out: Path(a.out).write_text(md + '\n')
+
+if __name__ == '__main__': main()
