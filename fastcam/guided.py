@@ -9,26 +9,36 @@ from __future__ import annotations
 import torch, torch.nn.functional as F
 from torch import nn, Tensor
 from fastcore.basics import store_attr
-from .core import eval_mode, _as_batch, _model_device, _first_tensor, head_kind, out_probs, resolve_targets, class_scores, cam, upsample_maps
+from .core import eval_mode, _as_batch, _model_device, _first_tensor, head_kind, out_probs, resolve_targets, class_scores, CamSession, cam_result, upsample_maps
 
 # %% auto #0
 __all__ = ['GuidedBackprop', 'guided_gradcam', 'min_max_scale', 'to_grayscale']
 
 # %% ../nbs/03_guided.ipynb #8ac42c52
-class _GuidedReLU(torch.autograd.Function):
-    "Identity forward; backward lets through only positive gradients where the ReLU's output is positive"
-    @staticmethod
-    def forward(ctx, o):
-        ctx.save_for_backward(o)
-        return o.clone()
-    @staticmethod
-    def backward(ctx, g):
-        o, = ctx.saved_tensors
-        return g.clamp(min=0) * (o>0)
-
-def _guide(m, i, o): return _GuidedReLU.apply(o)
+class _Guide:
+    "Forward hooks on every `act_cls` module of `model` that clamp at 0 the gradient of its output while `on`; removed on exit"
+    def __init__(self, model:nn.Module, act_cls=nn.ReLU): self.model,self.act_cls,self.on,self.handles = model,act_cls,True,[]
+    def _clamp(self, g): return g.clamp(min=0) if self.on else None
+    def _hook(self, m, i, o):
+        if isinstance(o, Tensor) and o.requires_grad: o.register_hook(self._clamp)
+    def __enter__(self):
+        self.handles = [m.register_forward_hook(self._hook) for m in self.model.modules() if isinstance(m, self.act_cls)]
+        return self
+    def __exit__(self, *exc):
+        for h in self.handles: h.remove()
+        self.handles = []
 
 # %% ../nbs/03_guided.ipynb #ea65d9e8
+def _input_grads(out:Tensor, x:Tensor, target=None, vocab=None, multi_label:bool=False, retain_graph:bool=False) -> tuple:
+    "`(grads [B,T,C,H,W], targets [B,T], probs)`: one gradient of the summed class scores w.r.t. `x` per target slot"
+    kind = head_kind(out, multi_label)
+    probs = out_probs(out, kind)
+    targets = resolve_targets(target, probs, vocab, multi_label)
+    T = targets.shape[1]
+    gs = [torch.autograd.grad(class_scores(out, targets[:,j], kind).sum(), x, retain_graph=retain_graph or j<T-1)[0] for j in range(T)]
+    return torch.stack(gs, 1),targets,probs
+
+# %% ../nbs/03_guided.ipynb #025cdfa9
 class GuidedBackprop:
     "Guided Backprop gradients of `model`'s class scores w.r.t. its input, `[B,T,C,H,W]`"
     def __init__(self, model:nn.Module, act_cls=nn.ReLU): store_attr()
@@ -37,28 +47,24 @@ class GuidedBackprop:
         "`(grads [B,T,C,H,W], targets [B,T], probs)` for `target` (as in `cam`)"
         xb = _as_batch(xb).to(_model_device(self.model, xb))
         x = xb.detach().clone().requires_grad_()
-        hooks = [m.register_forward_hook(_guide) for m in self.model.modules() if isinstance(m, self.act_cls)]
-        try:
-            with eval_mode(self.model), torch.enable_grad():
-                out = _first_tensor(self.model(x))
-                kind = head_kind(out, multi_label)
-                probs = out_probs(out, kind)
-                targets = resolve_targets(target, probs, vocab, multi_label)
-                T = targets.shape[1]
-                gs = [torch.autograd.grad(class_scores(out, targets[:,j], kind).sum(), x, retain_graph=j<T-1)[0] for j in range(T)]
-        finally:
-            for h in hooks: h.remove()
-        return torch.stack(gs, 1),targets,probs
+        with eval_mode(self.model), _Guide(self.model, self.act_cls), torch.enable_grad():
+            return _input_grads(_first_tensor(self.model(x)), x, target, vocab, multi_label)
 
-# %% ../nbs/03_guided.ipynb #3d850c09
+# %% ../nbs/03_guided.ipynb #24539604
 def guided_gradcam(model:nn.Module, xb:Tensor, layer=None, target=None, vocab=None, multi_label:bool=False) -> Tensor:
     "Guided Backprop times the upsampled Grad-CAM map of the same targets: `[B,T,C,H,W]`"
-    gb,targets,_ = GuidedBackprop(model)(xb, target, vocab, multi_label)
-    gc = cam(model, xb, layer=layer, target=targets, vocab=vocab, multi_label=multi_label)
+    xb = _as_batch(xb).to(_model_device(model, xb))
+    x = xb.detach().clone().requires_grad_()
+    with CamSession(model, [layer], xb=xb) as s, _Guide(model) as guide, torch.enable_grad():
+        out = _first_tensor(model(x))
+        gb,targets,probs = _input_grads(out, x, target, vocab, multi_label, retain_graph=True)
+        guide.on = False
+        _,(g,) = s.gather(out, targets, vocab, multi_label, xb)
+    gc = cam_result('gradcam', g, probs, vocab)
     up = upsample_maps(gc.maps.relu(), xb.shape[-2:]).to(gb.device)
     return gb * up[:,:,None]
 
-# %% ../nbs/03_guided.ipynb #922df7b0
+# %% ../nbs/03_guided.ipynb #b696a4af
 def min_max_scale(x:Tensor) -> Tensor:
     "Each image of `x` `[..., C, H, W]` scaled to 0..1"
     mn,mx = x.amin((-3,-2,-1), keepdim=True),x.amax((-3,-2,-1), keepdim=True)
