@@ -161,8 +161,7 @@ def _read(f, as_pil:bool) -> _Read:
 
 def _explain_batch(learn, batch, out, cfg):
     "Explain `batch` (`_Read`s) in one batch: write their overlays and maps, flush them to the disk, then write their records"
-    res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch))
-    if isinstance(res, dict): res = res['fused']        # several layers: box their fused map
+    res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True)
     kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk']) if cfg['mode']=='threshold' else {}
     boxes = [[] for _ in batch]
     for r in res.boxes(mode=cfg['mode'], **kw).to_dict('records'): boxes[r['item']].append(r)

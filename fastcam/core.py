@@ -405,13 +405,16 @@ def fuse_cams(results:list) -> CamResult:
     return results[0]._with(maps=maps, layer='fused')
 
 # %% ../nbs/01_core.ipynb #e39c1414
-def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', vocab=None, multi_label:bool=False, **kwargs):
+def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', vocab=None, multi_label:bool=False,
+        fused:bool=False, # With several layers: only their fused `CamResult` instead of the dict
+        **kwargs):
     "Class activation maps of `target` for the batch `xb` at `layer` (or several layers) of `model`, in one forward pass"
     layers = several_layers(layer)
     probs,gs = gather(model, xb, layers or [layer], target, vocab, multi_label, needs_grad(method))
     res = [cam_result(method, g, probs, vocab, **kwargs) for g in gs]
     if not layers: return res[0]
-    return {**{r.layer: r for r in res}, 'fused': fuse_cams(res)}
+    f = fuse_cams(res)
+    return f if fused else {**{r.layer: r for r in res}, 'fused': f}
 
 # %% ../nbs/01_core.ipynb #685fe0a1
 def _learner_multi_label(learn):
@@ -424,9 +427,9 @@ def _vocab(learn):
     return list(v) if v is not None else None
 
 # %% ../nbs/01_core.ipynb #dc83aa62
-def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, **kwargs):
+def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, fused:bool=False, **kwargs):
     "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `(dls or learn.dls).test_dl`"
-    kw = dict(layer=layer, method=method, vocab=_vocab(learn), multi_label=_learner_multi_label(learn), **kwargs)
+    kw = dict(layer=layer, method=method, vocab=_vocab(learn), multi_label=_learner_multi_label(learn), fused=fused, **kwargs)
     if isinstance(x, Tensor) and x.ndim==4: return cam(learn.model, x, target=target, **kw)
     from fastcam.items import check_items
     items = list(x) if isinstance(x, (list, tuple)) else [x]
@@ -445,6 +448,6 @@ def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:
     return CamResult.cat(res)._with(**known)
 
 @patch
-def cam(self:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, **kwargs):
+def cam(self:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, fused:bool=False, **kwargs):
     "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `(dls or self.dls).test_dl`"
-    return learner_cam(self, x, layer, target, method, bs, dls, **kwargs)
+    return learner_cam(self, x, layer, target, method, bs, dls, fused, **kwargs)

@@ -108,10 +108,9 @@ def explain_item(item, dls, learn, layer=None, target=None, method='gradcam', **
     "The `CamResult` of one item through `dls.test_dl` (a tensor is taken as preprocessed input)"
     if isinstance(item, Tensor):
         x = item if item.ndim==4 else item[None]
-        res = learner_cam(learn, x, layer, target, method, **kwargs)
+        res = learner_cam(learn, x, layer, target, method, fused=True, **kwargs)
         known = dict(items=[item], orig_sizes=[tuple(x.shape[-2:])])
-    else: res,known = learner_cam(learn, [item], layer, target, method, dls=dls, **kwargs),{}
-    if isinstance(res, dict): res = res['fused']      # several layers: their fused map
+    else: res,known = learner_cam(learn, [item], layer, target, method, dls=dls, fused=True, **kwargs),{}
     return res._with(**known)
 
 def _sanity(res):

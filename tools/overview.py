@@ -46,7 +46,7 @@ def main(out=Path(__file__).resolve().parent.parent/'nbs'/'images'/'fastcam_over
         # the held-out positive the model is surest about (a fixed rule, not picked by eye)
         pos = df[df.is_valid & (df.label=='nodule')].reset_index(drop=True)
         files = [path/f for f in pos.file]
-        res = learn.cam(files, layer=_layer(DEMO_LAYERS), target='nodule')['fused']
+        res = learn.cam(files, layer=_layer(DEMO_LAYERS), target='nodule', fused=True)
         k = int(res.target_probs[:, 0].argmax())
         r,fn = pos.iloc[k],files[k]
         one = res[k]
