@@ -281,15 +281,17 @@ def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
               topk:int=None, # For 'threshold': best boxes kept per map
               score:str='max', # For 'threshold': 'max', 'mean' or 'mass'
               relu:bool=True, # ReLU before normalising the maps
-              fill:float=0.) -> pd.DataFrame: # Value of unseen original pixels
+              fill:float=0., # Value of unseen original pixels
+              original=None) -> pd.DataFrame: # For 'threshold': the maps already in original pixels, one `[T, H, W]` per item (`res.original_maps(i)`), not computed again
     "One row per box of every item and target of `res`, in original pixels: item, target, class, label, prob, x0, y0, x1, y1, score"
     if mode not in ('threshold', 'peak'): raise ValueError(f"unknown mode '{mode}': use 'threshold' or 'peak'")
     g = input_geometry(geometry)
     sizes,rows = _sizes(orig_sizes, len(res)),[]
+    if original is not None and len(original)!=len(sizes): raise ValueError(f"original has maps of {len(original)} items but there are {len(sizes)}; give one [T, H, W] per item")
     names = res.target_names
     for b,hw in enumerate(sizes):
         _check_input_size(g, hw, res.input_size)
-        if mode=='threshold': mo = maps_to_original(normalize_maps(res.maps[b], relu), hw, g, fill)
+        if mode=='threshold': mo = maps_to_original(normalize_maps(res.maps[b], relu), hw, g, fill) if original is None else original[b]
         for t,c in enumerate(res.targets[b].tolist()):
             if c < 0: continue
             if mode=='peak': bx,sc = peak_boxes(res.maps[b,t], hw, g, relu)

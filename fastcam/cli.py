@@ -8,6 +8,7 @@ Docs: https://fastcam.github.io/fastcam/cli.html.md"""
 from __future__ import annotations
 import functools, hashlib, io, json, os, random, re, socket, subprocess, sys, time, warnings
 from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 warnings.filterwarnings('ignore', category=FutureWarning, module='torch.jit')  # fastai's import-time torch.jit.script notice
@@ -114,9 +115,11 @@ def _blend():
 @functools.cache
 def _font(size): return ImageFont.load_default(size=size)
 
-def _overlay(img, res, i, boxes, out, f, vocab):
-    "Save item `i`'s overlay PNG: `img` (its original pixels, scaled down past `overlay_side`), the predicted class's map blended over it, `boxes` (dicts) colored per class, class and probability on top"
-    img,m = np.asarray(img),res.original_maps(i)[0].float().clamp(0, 1)
+def _overlay_path(out, f): return Path(out)/'overlays'/f"{Path(f).stem}_{_key(f)[:8]}.png"
+
+def _overlay(img, m, title, boxes, out, f, vocab):
+    "Save the overlay PNG of file `f`: `img` (its original pixels, scaled down past `overlay_side`), the map `m` (`[H, W]` in original pixels, 0 to 1) blended over it, `boxes` (dicts) colored per class, `title` on top"
+    img,m = np.asarray(img),m.float().clamp(0, 1)
     H,W = img.shape[:2]
     s = min(1., overlay_side/max(H, W))
     if s < 1:
@@ -136,12 +139,11 @@ def _overlay(img, res, i, boxes, out, f, vocab):
         d.text((b[0]+lw+2, b[1]+lw+2), f"{r['label']} {r['score']:.2f}", fill=colors.get(str(r['label']), 'white'), font=font, stroke_width=1, stroke_fill='black')
     page = Image.new('RGB', (W, H + 2*fs), 'white')   # the title strip: class and probability, as the notebooks' overlays
     page.paste(im, (0, 2*fs))
-    c = int(res.targets[i,0])
-    ImageDraw.Draw(page).text((W//2, fs), f"{vocab[c]} {float(res.probs[i,c]):.2f}", fill='black', font=font, anchor='mm')
+    ImageDraw.Draw(page).text((W//2, fs), title, fill='black', font=font, anchor='mm')
     buf = io.BytesIO(); page.save(buf, 'PNG', compress_level=1)
-    return atomic_write(Path(out)/'overlays'/f"{Path(f).stem}_{_key(f)[:8]}.png", buf.getvalue(), 'wb', fsync=False)
+    return atomic_write(_overlay_path(out, f), buf.getvalue(), 'wb', fsync=False)
 
-# %% ../nbs/11_cli.ipynb #daca48e8
+# %% ../nbs/11_cli.ipynb #7a3bb9a7
 _Read = namedtuple('_Read', 'file item img')   # a file, what `test_dl` gets for it, the overlay's pixels
 
 def _opens_pil(learn) -> bool:
@@ -159,46 +161,70 @@ def _read(f, as_pil:bool) -> _Read:
     if kind=='dicom': return _Read(f, Image.fromarray(x) if as_pil else f, x)
     return _Read(f, x if as_pil else f, np.asarray(x.convert('RGB')))
 
-def _explain_batch(learn, batch, out, cfg):
-    "Explain `batch` (`_Read`s) in one batch: write their overlays and maps, flush them to the disk, then write their records"
+_Job = namedtuple('_Job', 'read map title boxes raw rec vocab')   # what is written for one explained file
+
+def _explain_batch(learn, batch, cfg) -> list:
+    "Explain `batch` (`_Read`s) in one batch: a `_Job` per file with its map in original pixels (computed once, for its boxes and its overlay), boxes and record"
     res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True)
-    kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk']) if cfg['mode']=='threshold' else {}
+    mos = [res.original_maps(i) for i in range(len(batch))]
+    kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk'], original=mos) if cfg['mode']=='threshold' else {}
     boxes = [[] for _ in batch]
     for r in res.boxes(mode=cfg['mode'], **kw).to_dict('records'): boxes[r['item']].append(r)
     vocab = res.vocab or list(range(res.probs.shape[1]))
-    recs = []
+    jobs = []
     for i,o in enumerate(batch):
-        ov = _overlay(o.img, res, i, boxes[i], out, o.file, vocab)
-        if cfg['save_maps']:
-            buf = io.BytesIO(); np.save(buf, res.maps[i].numpy())
-            atomic_write(Path(out)/'maps'/f"{Path(o.file).stem}_{_key(o.file)[:8]}.npy", buf.getvalue(), 'wb', fsync=False)
         c = int(res.targets[i,0])
-        recs.append(dict(file=str(o.file), size=list(res.orig_sizes[i]), **{'class': str(vocab[c])}, prob=float(res.probs[i,c]),
-                         overlay=str(ov.relative_to(out)), layer=res.layer, method=res.method,
-                         boxes=[dict(**{'class': str(r['label'])}, prob=float(r['prob']), x0=int(r['x0']), y0=int(r['y0']), x1=int(r['x1']), y1=int(r['y1']),
-                                     score=float(r['score'])) for r in boxes[i]]))
-    sync_disk(out)     # the overlays and maps are on the disk before a record names them
-    for o,rec in zip(batch, recs): atomic_write(_record_path(out, o.file), json.dumps(rec), fsync=False)
+        rec = dict(file=str(o.file), size=list(res.orig_sizes[i]), **{'class': str(vocab[c])}, prob=float(res.probs[i,c]),
+                   overlay=_overlay_path('', o.file).as_posix(), layer=res.layer, method=res.method,
+                   boxes=[dict(**{'class': str(r['label'])}, prob=float(r['prob']), x0=int(r['x0']), y0=int(r['y0']), x1=int(r['x1']), y1=int(r['y1']),
+                               score=float(r['score'])) for r in boxes[i]])
+        jobs.append(_Job(o, mos[i][0], f"{vocab[c]} {float(res.probs[i,c]):.2f}", boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab))
+    return jobs
+
+def _write_jobs(jobs, out):
+    "Write each job's overlay (and raw map), flush them to the disk, then write their records: a record names only files already on the disk"
+    done = []
+    for j in jobs:
+        f = j.read.file
+        try:
+            _overlay(j.read.img, j.map, j.title, j.boxes, out, f, j.vocab)
+            if j.raw is not None:
+                buf = io.BytesIO(); np.save(buf, j.raw)
+                atomic_write(Path(out)/'maps'/f"{Path(f).stem}_{_key(f)[:8]}.npy", buf.getvalue(), 'wb', fsync=False)
+            done.append(j)
+        except Exception as e: _error(out, f, e)
+    sync_disk(out)
+    for j in done: atomic_write(_record_path(out, j.read.file), json.dumps(j.rec), fsync=False)
+
+def _explain_chunk(learn, good, out, cfg) -> list:
+    "The jobs of `good` explained as one batch, or one by one when the batch fails (a file that fails alone gets an error record)"
+    try: return _explain_batch(learn, good, cfg)
+    except Exception: pass
+    jobs = []
+    for o in good:
+        try: jobs += _explain_batch(learn, [o], cfg)
+        except Exception as e: _error(out, o.file, e)
+    return jobs
 
 def process_files(learn, files, out, cfg, progress:bool=True):
-    "Read, explain and record `files` in batches of `cfg['bs']`; bad files get error records and the rest go on"
+    "Read, explain and record `files` in batches of `cfg['bs']`; one thread writes a batch while the next is read and explained; bad files get error records and the rest go on"
     from fastprogress.fastprogress import progress_bar
     bs,as_pil = cfg['bs'],_opens_pil(learn)
     chunks = [files[i:i+bs] for i in range(0, len(files), bs)]
-    for chunk in (progress_bar(chunks) if progress and chunks else chunks):
-        good = []
-        for f in chunk:
-            try: good.append(_read(f, as_pil))
-            except Exception as e: _error(out, f, e)
-        if not good: continue
-        try: _explain_batch(learn, good, out, cfg)
-        except Exception:
-            for o in good:
-                try: _explain_batch(learn, [o], out, cfg)
-                except Exception as e: _error(out, o.file, e)
+    with ThreadPoolExecutor(1, thread_name_prefix='fastcam-write') as writer:
+        pending = None
+        for chunk in (progress_bar(chunks) if progress and chunks else chunks):
+            good = []
+            for f in chunk:
+                try: good.append(_read(f, as_pil))
+                except Exception as e: _error(out, f, e)
+            jobs = _explain_chunk(learn, good, out, cfg) if good else []
+            if pending is not None: pending.result()     # one batch in writing at a time; its errors stop the run here
+            pending = writer.submit(_write_jobs, jobs, out) if jobs else None
+        if pending is not None: pending.result()
     if files: sync_disk(out)   # the last records
 
-# %% ../nbs/11_cli.ipynb #3b84bc53
+# %% ../nbs/11_cli.ipynb #4fb99fb9
 def _world(): return int(os.environ.get('RANK', 0)),int(os.environ.get('WORLD_SIZE', 1))
 
 def _barrier():
@@ -221,7 +247,7 @@ def launch(n:int, argv:list) -> int:
     rcs = [p.wait() for p in procs]
     return next((rc for rc in rcs if rc), 0)
 
-# %% ../nbs/11_cli.ipynb #4b7756f2
+# %% ../nbs/11_cli.ipynb #71429d8c
 def _layer(s):
     "A layer from the command line: a dotted name, or an index path like '0,-2'; several separated by ';' (their fused map)"
     if s is None: return None
@@ -237,7 +263,7 @@ def _device(d):
     lr = int(os.environ.get('LOCAL_RANK', 0))
     return torch.device(f'cuda:{lr % torch.cuda.device_count()}') if torch.cuda.is_available() else torch.device('cpu')
 
-# %% ../nbs/11_cli.ipynb #bbeec14a
+# %% ../nbs/11_cli.ipynb #c8b1e11c
 @call_parse
 def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT files/folders only)
         out:str='fastcam_out', # Output folder
@@ -299,7 +325,7 @@ def _drop_opt(argv, name):
         res.append(a)
     return res[1:] if res and res[0]=='run' else res
 
-# %% ../nbs/11_cli.ipynb #c8b1e11c
+# %% ../nbs/11_cli.ipynb #b6a21c15
 def _finish(out, files, learn, skipped, secs, world:int=1):
     "Write the outputs from the records of `files`; print the summary; the exit code"
     recs = [json.loads(_record_path(out, f).read_text()) for f in files if _record_path(out, f).exists()]
@@ -312,7 +338,7 @@ def _finish(out, files, learn, skipped, secs, world:int=1):
     if not ok: raise CliError(f"fastcam run: no file could be explained ({failed} failed; see {paths['errors']})")
     return 0
 
-# %% ../nbs/11_cli.ipynb #51c618e5
+# %% ../nbs/11_cli.ipynb #cda314df
 def small_xresnet(pretrained:bool=False, **kwargs):
     "`tiny_xresnet` with a lighter stem (8, 16, 64 channels) and no stem max-pool: every block's map has twice the resolution"
     m = XResNet(ResBlock, 1, [1,1,1,1], stem_szs=(8,16,64), widen=0.25, **kwargs)
@@ -326,7 +352,7 @@ def gap_linear_learner(dls, arch=small_xresnet, size:int=96, **kwargs) -> Learne
     head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(nf, dls.c))
     return Learner(dls, torch.nn.Sequential(body, head), **{'metrics': accuracy, **kwargs})
 
-# %% ../nbs/11_cli.ipynb #276d209b
+# %% ../nbs/11_cli.ipynb #ff362261
 DEMO_LAYERS = '0,-3;0,-2;0,-1'
 
 def demo_hits(boxes_csv, truth_csv, label:str='nodule') -> str:
@@ -346,7 +372,7 @@ def demo_hits(boxes_csv, truth_csv, label:str='nodule') -> str:
         inside += bool(r.x0 <= cx < r.x1 and r.y0 <= cy < r.y1)
     return f"of the {len(gt)} held-out files with a lesion, the '{label}' box overlaps it (IoU >= 0.5) on {hit} and has its centre inside it on {inside}"
 
-# %% ../nbs/11_cli.ipynb #07d0c065
+# %% ../nbs/11_cli.ipynb #d9cd7f66
 @call_parse
 def demo(out:str='demo_out', # Folder for the synthetic data, the model and the outputs
          n:int=600, # Number of synthetic DICOM files (a fifth held out)
@@ -379,7 +405,7 @@ def demo(out:str='demo_out', # Folder for the synthetic data, the model and the 
     print(demo_hits(out/'run'/'boxes.csv', out/'data'/'boxes.csv'))
     return rc
 
-# %% ../nbs/11_cli.ipynb #0d02caf1
+# %% ../nbs/11_cli.ipynb #fba51306
 commands = {'demo': demo, 'run': run}
 
 def main(argv:list=None):

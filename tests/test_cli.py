@@ -109,6 +109,23 @@ def test_run_folder_with_bad_files(setup, ref):
     assert len([x for x in refs if x.endswith('.png')]) >= 62
     for x in refs: assert (out/x).is_file(), x
 
+def test_a_file_whose_overlay_cannot_be_written_is_recorded_and_the_rest_go_on(setup, ref, monkeypatch, capsys):
+    "Writing happens on a second thread: a failure there names the file in errors.csv, its batch-mates and later batches are written"
+    from fastcam import cli
+    root, inp = setup
+    out = root/'out_write_fail'
+    draw, victim = cli._overlay, Path(sorted(pd.read_csv(ref[0]/'boxes.csv').file.unique())[20])
+    def failing(img, m, title, boxes, o, f, vocab):
+        if Path(f) == victim: raise OSError(f"disk full writing the overlay of {Path(f).name}")
+        return draw(img, m, title, boxes, o, f, vocab)
+    monkeypatch.setattr(cli, '_overlay', failing)
+    assert cli.run(str(root/'model.pkl'), str(inp), out=str(out), trust=True, bs=16, progress=False) == 0
+    assert _summary(capsys.readouterr().out) == (61, 0, 6)
+    errs = pd.read_csv(out/'errors.csv')
+    assert errs.error[errs.file == str(victim)].tolist() == [f"{victim}: OSError: disk full writing the overlay of {victim.name}"]
+    good = pd.read_csv(out/'boxes.csv').file.unique()
+    assert len(good) == 61 and str(victim) not in good and len(list((out/'overlays').glob('*.png'))) == 61
+
 def _state(out):
     "{record name: (text, mtime_ns)} of the records in `out`, and {overlay: mtime_ns} of the explained ones"
     recs = {f.name: (f.read_text(), f.stat().st_mtime_ns) for f in (out/'records').glob('*.json')}
@@ -129,9 +146,10 @@ def test_resume_after_interruption(setup, ref, monkeypatch, capsys):
     out = root/'out_interrupted'
     explain, write = cli._explain_batch, cli.atomic_write
     explained, writes = [], Counter()
-    def interrupted(learn, files, o, cfg):
+    def interrupted(learn, batch, cfg):
         if len(explained) >= 20: raise KeyboardInterrupt
-        explain(learn, files, o, cfg); explained.extend(files)
+        jobs = explain(learn, batch, cfg); explained.extend(batch)
+        return jobs
     def counted(path, *args, **kwargs):
         writes[Path(path).relative_to(out).as_posix()] += 1
         return write(path, *args, **kwargs)
