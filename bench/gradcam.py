@@ -17,7 +17,7 @@ backward, the maps, and removing the hooks. Each library returns what it returns
 the raw layer4 maps, torchcam ReLU'd and min-max scaled layer4 maps, pytorch-grad-cam maps resized to the
 input with OpenCV); that post-processing is part of its time.
 
-Calls are interleaved (one call of every method per round, the starting method rotating), so that noise on a
+Calls are interleaved (one call of every method per round, in a seeded shuffled order per round), so that noise on a
 shared machine falls on all of them alike. Between calls, hooks are checked to be gone and every parameter's
 `.grad` is set to None (pytorch-grad-cam runs a full `loss.backward()`, which writes them).
 
@@ -188,9 +188,9 @@ def sanity(model, xb, tl, calls):
             f"{tuple(ref.shape[-2:])}, min-max: " + ", ".join(diffs))
 
 # ----------------------------------------------------------------------------------------------------------------
-def _rotated(names, r):
-    k = r % len(names)
-    return names[k:]+names[:k]
+def _round_order(names, r):
+    "Round `r`'s order of `names`: a shuffle seeded by `r`, so that no method always runs right after the same one (a slow peer warms caches and clocks for the next call)"
+    return random.Random(r).sample(list(names), len(names))
 
 def time_row(model, dev, calls, n_warm, reps, deadline=None, min_reps=3):
     """Warm up, then time in interleaved rounds. `reps[name]` is how many timed calls `name` gets; a method stops
@@ -198,11 +198,11 @@ def time_row(model, dev, calls, n_warm, reps, deadline=None, min_reps=3):
     first round by which every method has had `min_reps` calls."""
     names = list(calls)
     for r in range(n_warm):
-        for name in _rotated(names, r): calls[name](); cleanup(model, name)
+        for name in _round_order(names, r): calls[name](); cleanup(model, name)
     times = {n:[] for n in names}
     for r in range(max(reps.values())):
         if deadline is not None and r>=min_reps and time.perf_counter()>deadline: break
-        for name in _rotated(names, r):
+        for name in _round_order(names, r):
             if r < reps[name]: times[name].append(timed(calls[name], dev)); cleanup(model, name)
     return ({n:statistics.median(v) for n,v in times.items()}, {n:min(v) for n,v in times.items()},
             {n:len(v) for n,v in times.items()})
@@ -212,7 +212,7 @@ def mem_row(model, dev, calls, n_mem, names=None):
     names = list(names or calls)
     mem = {n:[] for n in names}
     for r in range(n_mem):
-        for name in _rotated(names, r): mem[name].append(peak_extra(calls[name], dev)); cleanup(model, name)
+        for name in _round_order(names, r): mem[name].append(peak_extra(calls[name], dev)); cleanup(model, name)
     return {n:statistics.median(v) for n,v in mem.items()}
 
 GFLOPS = {'resnet18':1.8, 'resnet34':3.7, 'resnet50':4.1, 'resnet101':7.8, 'resnet152':11.6}
