@@ -16,7 +16,7 @@ import numpy as np, pandas as pd, torch
 import matplotlib
 from PIL import Image, ImageDraw, ImageFont
 from fastcore.script import call_parse, parse_cli, store_true, CliError
-from fastai.vision.all import (DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, XResNet, ResBlock, Normalize, imagenet_stats,
+from fastai.vision.all import (DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, Flip, XResNet, ResBlock, Normalize, imagenet_stats,
                                vision_learner, accuracy, load_learner, Learner, create_body)
 from .core import learner_cam
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
@@ -25,8 +25,8 @@ from .synth import make_dicom_set
 
 # %% auto #0
 __all__ = ['image_exts', 'overlay_side', 'DEMO_LAYERS', 'commands', 'find_inputs', 'tiny_xresnet', 'weights_learner',
-           'load_for_run', 'process_files', 'launch', 'run', 'small_xresnet', 'gap_linear_learner', 'demo_hits', 'demo',
-           'main']
+           'load_for_run', 'process_files', 'launch', 'run', 'small_xresnet', 'synth_dls', 'gap_linear_learner',
+           'demo_hits', 'demo_threshold', 'demo', 'main']
 
 # %% ../nbs/11_cli.ipynb #c296208d
 if __name__ == '__main__' and '__file__' in globals():  # `python -m fastcam.cli`, not a notebook
@@ -165,7 +165,7 @@ _Job = namedtuple('_Job', 'read map title boxes raw rec vocab')   # what is writ
 
 def _explain_batch(learn, batch, cfg) -> list:
     "Explain `batch` (`_Read`s) in one batch: a `_Job` per file with its map in original pixels (computed once, for its boxes and its overlay), boxes and record"
-    res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True)
+    res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True, tta=cfg.get('tta', False))
     mos = [res.original_maps(i) for i in range(len(batch))]
     kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk'], original=mos) if cfg['mode']=='threshold' else {}
     boxes = [[] for _ in batch]
@@ -277,6 +277,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         topk:int=1, # Boxes kept per file
         device:str=None, # 'cpu', 'cuda', 'cuda:1'; default: GPU LOCAL_RANK if there is one
         save_maps:store_true=False, # Also save the raw maps as .npy in maps/
+        tta:store_true=False, # Average each map with its mirror image's (for a model trained with flips)
         trust:store_true=False, # Load LEARNER although it is a pickle (it can run code: only for files you trust)
         arch:str=None, # With --weights: architecture name (resnet34, tiny_xresnet, ...)
         weights:str=None, # A weights-only state dict (.pth) to load instead of a pickled Learner
@@ -299,7 +300,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
     dev = _device(device)
     learn = load_for_run(learner, trust, arch, weights, vocab, size, dev)
     cfg = dict(layer=_layer(layer), target=_target(target), method=method, bs=bs, mode=mode, threshold=threshold, min_area=min_area,
-               topk=topk, save_maps=save_maps)
+               topk=topk, save_maps=save_maps, tta=tta)
     _init_dist(world)
     try:
         skipped = sum(_done(out, f) for f in files)
@@ -345,6 +346,18 @@ def small_xresnet(pretrained:bool=False, **kwargs):
     m[3] = torch.nn.Identity()
     return m
 
+def synth_dls(path, # The folder `make_dicom_set` wrote
+              df:pd.DataFrame, # Its labels table (file, label, is_valid)
+              size:int=96, # Model input size: the DICOMs are squished to it
+              bs:int=8, seed:int=0,
+              flip:bool=True) -> 'DataLoaders': # Mirror training batches at random (fastai's `Flip`)
+    "The demo's `DataLoaders` of a synthetic DICOM set: `DicomBlock`, squish `Resize`, `Flip` in training, seeded shuffling, CPU"
+    dblock = DataBlock(blocks=(DicomBlock(), CategoryBlock), get_x=ColReader('file', pref=path), get_y=ColReader('label'),
+                       splitter=ColSplitter('is_valid'), item_tfms=Resize(size, method='squish'), batch_tfms=[Flip()] if flip else None)
+    dls = dblock.dataloaders(df, bs=bs, num_workers=0, device='cpu')
+    dls.train.rng,dls.valid.rng = random.Random(seed),random.Random(seed)
+    return dls
+
 def gap_linear_learner(dls, arch=small_xresnet, size:int=96, **kwargs) -> Learner:
     "A `Learner` of `arch`'s body and a global-average-pool + linear head (`kwargs` go to `Learner`, metrics default accuracy)"
     body = create_body(arch(), pretrained=False)
@@ -353,7 +366,7 @@ def gap_linear_learner(dls, arch=small_xresnet, size:int=96, **kwargs) -> Learne
     return Learner(dls, torch.nn.Sequential(body, head), **{'metrics': accuracy, **kwargs})
 
 # %% ../nbs/11_cli.ipynb #ff362261
-DEMO_LAYERS = '0,-3;0,-2;0,-1'
+DEMO_LAYERS = '0,-4;0,-3;0,-2;0,-1'   # the body's four blocks: 48x48, 24x24, 12x12 and 6x6 maps at 96 px, fused
 
 def demo_hits(boxes_csv, truth_csv, label:str='nodule') -> str:
     "One line: of the lesions in `truth_csv` on files the run explained, how many its `label` boxes found (IoU >= 0.5; centre inside)"
@@ -372,7 +385,16 @@ def demo_hits(boxes_csv, truth_csv, label:str='nodule') -> str:
         inside += bool(r.x0 <= cx < r.x1 and r.y0 <= cy < r.y1)
     return f"of the {len(gt)} held-out files with a lesion, the '{label}' box overlaps it (IoU >= 0.5) on {hit} and has its centre inside it on {inside}"
 
-# %% ../nbs/11_cli.ipynb #d9cd7f66
+# %% ../nbs/11_cli.ipynb #31cfa363
+def demo_threshold(learn, path, df, n:int=80) -> float:
+    "The box threshold that boxes the lesions of (at most) `n` training files of a `make_dicom_set` folder best"
+    from fastcam.metrics import best_threshold
+    gt = pd.read_csv(Path(path)/'boxes.csv')
+    gt = gt[gt.file.isin(set(df.file[~df.is_valid]))].head(n)
+    res = learn.cam([Path(path)/f for f in gt.file], layer=_layer(DEMO_LAYERS), target='nodule', fused=True, tta=True)
+    return best_threshold(res, [[b] for b in gt[['x0', 'y0', 'x1', 'y1']].to_numpy()])
+
+# %% ../nbs/11_cli.ipynb #c375d6c1
 @call_parse
 def demo(out:str='demo_out', # Folder for the synthetic data, the model and the outputs
          n:int=600, # Number of synthetic DICOM files (a fifth held out)
@@ -386,11 +408,7 @@ def demo(out:str='demo_out', # Folder for the synthetic data, the model and the 
     df = make_dicom_set(out/'data', n=n, seed=seed)
     print(f"made {len(df)} synthetic DICOM files in {out/'data'} ({(df.label=='nodule').sum()} with a nodule)")
     set_seed(seed, reproducible=True)
-    dblock = DataBlock(blocks=(DicomBlock(), CategoryBlock), get_x=ColReader('file', pref=out/'data'), get_y=ColReader('label'),
-                       splitter=ColSplitter('is_valid'), item_tfms=Resize(size, method='squish'))
-    dls = dblock.dataloaders(df, bs=8, num_workers=0, device='cpu')
-    dls.train.rng,dls.valid.rng = random.Random(seed),random.Random(seed)
-    learn = gap_linear_learner(dls, size=size)
+    learn = gap_linear_learner(synth_dls(out/'data', df, size, seed=seed), size=size)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)      # one thread: the very model tests/test_show.py measures, whatever the core count
     try:
@@ -400,12 +418,14 @@ def demo(out:str='demo_out', # Folder for the synthetic data, the model and the 
     finally: torch.set_num_threads(threads)
     learn.export((out/'model.pkl').resolve())
     print(f"trained a small XResNet for {epochs} epochs in {time.time()-t0:.0f} s: validation accuracy {acc:.2f}; exported to {out/'model.pkl'}")
+    thr = demo_threshold(learn, out/'data', df)
+    print(f"box threshold {thr:.2f}: the best on training files with a lesion (fastcam.metrics.best_threshold)")
     held = [out/'data'/f for f in df.file[df.is_valid]]
-    rc = run(str(out/'model.pkl'), *map(str, held), out=str(out/'run'), trust=True, layer=DEMO_LAYERS, progress=False)
+    rc = run(str(out/'model.pkl'), *map(str, held), out=str(out/'run'), trust=True, layer=DEMO_LAYERS, tta=True, threshold=thr, progress=False)
     print(demo_hits(out/'run'/'boxes.csv', out/'data'/'boxes.csv'))
     return rc
 
-# %% ../nbs/11_cli.ipynb #fba51306
+# %% ../nbs/11_cli.ipynb #1fca9388
 commands = {'demo': demo, 'run': run}
 
 def main(argv:list=None):

@@ -17,7 +17,8 @@ from .hooks import _first_tensor
 # %% auto #0
 __all__ = ['eval_mode', 'module_name', 'trace_modules', 'auto_layer', 'find_layer', 'head_kind', 'out_probs', 'class_scores',
            'resolve_targets', 'CamResult', 'normalize_maps', 'upsample_maps', 'Gathered', 'gap_linear_head',
-           'CamSession', 'gather', 'needs_grad', 'cam_result', 'several_layers', 'fuse_cams', 'cam', 'learner_cam']
+           'CamSession', 'gather', 'needs_grad', 'cam_result', 'several_layers', 'fuse_cams', 'unmirror', 'cam',
+           'learner_cam']
 
 # %% ../nbs/01_core.ipynb #3d52256d
 @contextmanager
@@ -340,14 +341,16 @@ class CamSession:
 
 # %% ../nbs/01_core.ipynb #b39e3040
 @patch
-def gather(self:CamSession, out:Tensor, target=None, vocab=None, multi_label:bool=False, xb:Tensor=None):
+def gather(self:CamSession, out:Tensor, target=None, vocab=None, multi_label:bool=False, xb:Tensor=None,
+           mirrored:bool=False): # The batch's second half mirrors its first: both halves get the first half's targets
     "`(probs, [Gathered per layer])` from the model's output `out`: targets resolved, one backward per target slot"
     self.remove_hooks()
     hooks,self.hooks = self.hooks,[_ActHook(h.name, self.need_grad) for h in self.hooks]
     for h in hooks: _check_acts(h)
     kind = head_kind(out, multi_label)
     probs = out_probs(out, kind)
-    targets = resolve_targets(target, probs, vocab, multi_label)
+    targets = resolve_targets(target, probs[:len(probs)//2] if mirrored else probs, vocab, multi_label)
+    if mirrored: targets = torch.cat([targets, targets])
     grads = _grads(out, targets, kind, [h.acts for h in hooks]) if self.need_grad else [None]*len(hooks)
     out = out.detach()
     return probs,[Gathered(h.acts.detach(), g, targets, out, kind, self.model, h.name, xb) for h,g in zip(hooks, grads)]
@@ -370,12 +373,13 @@ def _grads(out, targets, kind, acts):
     return [torch.stack(r, 1) for r in res]
 
 # %% ../nbs/01_core.ipynb #3b212e6d
-def gather(model:nn.Module, xb:Tensor, layers:list, target=None, vocab=None, multi_label:bool=False, need_grad:bool=True):
+def gather(model:nn.Module, xb:Tensor, layers:list, target=None, vocab=None, multi_label:bool=False, need_grad:bool=True,
+           mirrored:bool=False): # The batch's second half mirrors its first (see `CamSession.gather`)
     "`(probs, [Gathered per layer])` from one forward (and one backward per target slot) of `xb`"
     xb = _as_batch(xb)
     xb = xb.to(_model_device(model, xb))
     with CamSession(model, layers, need_grad, xb) as s:
-        return s.gather(_first_tensor(model(xb)), target, vocab, multi_label, xb)
+        return s.gather(_first_tensor(model(xb)), target, vocab, multi_label, xb, mirrored)
 
 # %% ../nbs/01_core.ipynb #d4e87d5d
 def _method(method):
@@ -404,19 +408,29 @@ def fuse_cams(results:list) -> CamResult:
     maps = torch.stack([upsample_maps(r.normalized(), size) for r in results]).mean(0)
     return results[0]._with(maps=maps, layer='fused')
 
-# %% ../nbs/01_core.ipynb #e39c1414
+# %% ../nbs/01_core.ipynb #9a106cc8
+def unmirror(r:CamResult) -> CamResult:
+    "The result of a batch whose second half mirrors its first: per item of the first half, the mean of its normalised map and its mirror's, mirrored back"
+    B = len(r)//2
+    return r._with(maps=(normalize_maps(r.maps[:B]) + normalize_maps(r.maps[B:].flip(-1)))/2, targets=r.targets[:B], probs=r.probs[:B])
+
+# %% ../nbs/01_core.ipynb #1a329bc9
 def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', vocab=None, multi_label:bool=False,
         fused:bool=False, # With several layers: only their fused `CamResult` instead of the dict
+        tta:bool=False, # Also explain each item's mirror image and average the two normalised maps (see `unmirror`)
         **kwargs):
     "Class activation maps of `target` for the batch `xb` at `layer` (or several layers) of `model`, in one forward pass"
     layers = several_layers(layer)
-    probs,gs = gather(model, xb, layers or [layer], target, vocab, multi_label, needs_grad(method))
+    xb = _as_batch(xb)
+    if tta: xb = torch.cat([xb, xb.flip(-1)])
+    probs,gs = gather(model, xb, layers or [layer], target, vocab, multi_label, needs_grad(method), mirrored=tta)
     res = [cam_result(method, g, probs, vocab, **kwargs) for g in gs]
+    if tta: res = [unmirror(r) for r in res]
     if not layers: return res[0]
     f = fuse_cams(res)
     return f if fused else {**{r.layer: r for r in res}, 'fused': f}
 
-# %% ../nbs/01_core.ipynb #685fe0a1
+# %% ../nbs/01_core.ipynb #9fa4b764
 def _learner_multi_label(learn):
     lf = getattr(learn.loss_func, 'func', learn.loss_func)
     return isinstance(lf, nn.BCEWithLogitsLoss) or 'BCE' in type(learn.loss_func).__name__
@@ -426,10 +440,10 @@ def _vocab(learn):
     if v is not None and len(v) and isinstance(v[0], (list, tuple)): v = v[-1]
     return list(v) if v is not None else None
 
-# %% ../nbs/01_core.ipynb #dc83aa62
-def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, fused:bool=False, **kwargs):
+# %% ../nbs/01_core.ipynb #25129b89
+def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, fused:bool=False, tta:bool=False, **kwargs):
     "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `(dls or learn.dls).test_dl`"
-    kw = dict(layer=layer, method=method, vocab=_vocab(learn), multi_label=_learner_multi_label(learn), fused=fused, **kwargs)
+    kw = dict(layer=layer, method=method, vocab=_vocab(learn), multi_label=_learner_multi_label(learn), fused=fused, tta=tta, **kwargs)
     if isinstance(x, Tensor) and x.ndim==4: return cam(learn.model, x, target=target, **kw)
     from fastcam.items import check_items
     items = list(x) if isinstance(x, (list, tuple)) else [x]
@@ -448,6 +462,6 @@ def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:
     return CamResult.cat(res)._with(**known)
 
 @patch
-def cam(self:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, fused:bool=False, **kwargs):
+def cam(self:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, fused:bool=False, tta:bool=False, **kwargs):
     "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `(dls or self.dls).test_dl`"
-    return learner_cam(self, x, layer, target, method, bs, dls, fused, **kwargs)
+    return learner_cam(self, x, layer, target, method, bs, dls, fused, tta, **kwargs)

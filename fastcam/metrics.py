@@ -18,11 +18,11 @@ from fastprogress.fastprogress import progress_bar
 from .core import eval_mode, head_kind, out_probs, _as_batch, _model_device, _first_tensor
 
 # %% auto #0
-__all__ = ['as_boxes', 'box_area', 'box_intersection', 'box_iou', 'box_iobb', 'pointing_hits', 'pointing_game', 'cam_thresholds',
-           'map_boxes', 'box_acc_curves', 'box_acc_curve', 'box_acc', 'max_box_acc', 'max_box_acc_v2',
-           'average_precision', 'pxap', 'average_drop_increase', 'blur', 'perturbation_curves', 'curve_auc',
-           'deletion_auc', 'insertion_auc', 'read_boxes_csv', 'read_coco', 'rle_decode', 'rle_encode', 'read_rle_csv',
-           'read_mask', 'mask_to_boxes', 'CamEvaluation', 'evaluate_cams']
+__all__ = ['box_thresholds', 'as_boxes', 'box_area', 'box_intersection', 'box_iou', 'box_iobb', 'pointing_hits', 'pointing_game',
+           'cam_thresholds', 'map_boxes', 'box_acc_curves', 'box_acc_curve', 'box_acc', 'max_box_acc', 'max_box_acc_v2',
+           'threshold_accuracy', 'best_threshold', 'average_precision', 'pxap', 'average_drop_increase', 'blur',
+           'perturbation_curves', 'curve_auc', 'deletion_auc', 'insertion_auc', 'read_boxes_csv', 'read_coco',
+           'rle_decode', 'rle_encode', 'read_rle_csv', 'read_mask', 'mask_to_boxes', 'CamEvaluation', 'evaluate_cams']
 
 # %% ../nbs/09_metrics.ipynb #efe48952
 def as_boxes(b) -> Tensor:
@@ -195,7 +195,33 @@ def max_box_acc_v2(maps, gt_boxes, iou_thresholds=(0.3, 0.5, 0.7), thresholds=0.
     "MaxBoxAccV2 in %: the mean over `iou_thresholds` of the best BoxAcc over CAM thresholds, with the boxes of all components"
     return box_acc_curve(maps, gt_boxes, thresholds, iou_thresholds, all_components=True).amax(1).mean().item()
 
-# %% ../nbs/09_metrics.ipynb #5f407b8e
+# %% ../nbs/09_metrics.ipynb #735fcc62
+box_thresholds = tuple(np.round(np.arange(0.3, 0.951, 0.05), 2).tolist())
+
+def threshold_accuracy(res, # maps of items that know their original sizes (`learn.cam(items)`)
+                       gt_boxes, # per item, ground-truth boxes `[K, 4]` in original pixels (empty or None: skipped)
+                       thresholds=box_thresholds, # box thresholds to try
+                       iou_threshold:float=0.5, # IoU a box needs with a ground-truth box to count
+                       min_area:int=16) -> pd.Series: # as in `get_boxes`
+    "Per threshold, the share of items with ground truth whose first box of the first target (`get_boxes`' box) has IoU >= `iou_threshold` with one of theirs"
+    gts = [None if g is None else as_boxes(g) for g in gt_boxes]
+    if len(gts)!=len(res): raise ValueError(f"gt_boxes has {len(gts)} entries for {len(res)} items; give one (boxes or None) per item")
+    keep = [i for i,g in enumerate(gts) if g is not None and len(g)]
+    if not keep: raise ValueError("no item has a ground-truth box: the threshold can't be chosen without one")
+    mos = [res.original_maps(i) for i in range(len(res))]
+    acc = {}
+    for t in thresholds:
+        df = res.boxes(mode='threshold', threshold=float(t), min_area=min_area, topk=1, original=mos)
+        first = df[df['target']==0].groupby('item')[['x0', 'y0', 'x1', 'y1']].first()
+        hit = [i in first.index and box_iou(torch.tensor(first.loc[i].to_numpy()[None]), gts[i]).max().item() >= iou_threshold for i in keep]
+        acc[float(t)] = float(np.mean(hit))
+    return pd.Series(acc, name='box_acc').rename_axis('threshold')
+
+def best_threshold(res, gt_boxes, thresholds=box_thresholds, iou_threshold:float=0.5, min_area:int=16) -> float:
+    "The box threshold with the highest `threshold_accuracy` (the lowest of equals)"
+    return float(threshold_accuracy(res, gt_boxes, thresholds, iou_threshold, min_area).idxmax())
+
+# %% ../nbs/09_metrics.ipynb #c1909954
 def average_precision(scores, # scores, any shape (higher = more likely positive)
                       labels) -> float: # ground truth of the same shape, nonzero = positive
     "Area under the precision-recall curve, sum over distinct thresholds of precision times the recall gained (in 0..1)"
@@ -212,7 +238,7 @@ def average_precision(scores, # scores, any shape (higher = more likely positive
     prec,rec = tp/(k+1),tp/tp[-1]
     return (torch.diff(rec, prepend=rec.new_zeros(1))*prec).sum().item()
 
-# %% ../nbs/09_metrics.ipynb #ae4c30b8
+# %% ../nbs/09_metrics.ipynb #f15189af
 def _check_mask(m, msk) -> np.ndarray:
     msk = msk.detach().cpu().numpy() if isinstance(msk, Tensor) else np.asarray(msk)
     if msk.shape!=tuple(np.shape(m)): raise ValueError(f"a mask of shape {msk.shape} for a map of shape {tuple(np.shape(m))}; masks must be at the map's (original) resolution")
@@ -239,7 +265,7 @@ def pxap(maps, # maps at original resolution: a list of `[H_i, W_i]` (NaN = unse
     prec,rec = _div0(tp, tp+fp),tp/pos.sum()
     return 100*(torch.diff(rec, prepend=rec.new_zeros(1))*prec).sum().item()
 
-# %% ../nbs/09_metrics.ipynb #34ee3ad2
+# %% ../nbs/09_metrics.ipynb #3163ccef
 def _class_probs(out, activation):
     "Probabilities `[B, n_classes]` from model outputs"
     out = _first_tensor(out).float()
@@ -259,7 +285,7 @@ def _probs_in_chunks(model, n, make, activation, batch_size, progress=False):
             res.append(_class_probs(model(make(s, min(s+batch_size, n))), activation).float().cpu())
     return torch.cat(res)
 
-# %% ../nbs/09_metrics.ipynb #0343d2f9
+# %% ../nbs/09_metrics.ipynb #93680859
 def _pairs(model, xb, maps, targets, activation, batch_size):
     "`(xb, probs on xb, items [P], classes [P], maps [P, H, W], keep [B, T], flat)` for every (item, target) pair"
     xb = _as_batch(xb)
@@ -286,7 +312,7 @@ def _unpair(v, keep, flat):
     out[keep] = v
     return out[:,0] if flat else out
 
-# %% ../nbs/09_metrics.ipynb #aeb4129e
+# %% ../nbs/09_metrics.ipynb #a8ad6d4a
 def average_drop_increase(model:nn.Module, # the classifier
                           xb:Tensor, # the input batch `[B, C, H, W]`, as the model takes it
                           maps:Tensor, # `[B, H, W]` or `[B, T, H, W]` at the input's size, in 0..1
@@ -303,7 +329,7 @@ def average_drop_increase(model:nn.Module, # the classifier
     if reduce: return drop.mean().item(),inc.mean().item()
     return _unpair(drop, keep, flat),_unpair(inc, keep, flat)
 
-# %% ../nbs/09_metrics.ipynb #d9880c71
+# %% ../nbs/09_metrics.ipynb #9c46c8d1
 def blur(xb:Tensor, kernel_size:int=11, sigma:float=5.) -> Tensor:
     "The batch `xb` blurred by a Gaussian (RISE's insertion baseline), reflecting at the borders"
     return gaussian_blur(xb, [kernel_size, kernel_size], [sigma, sigma])
@@ -315,7 +341,7 @@ def _baseline(baseline, xb):
     b = baseline(xb) if callable(baseline) else baseline
     return torch.broadcast_to(torch.as_tensor(b).to(xb), xb.shape)
 
-# %% ../nbs/09_metrics.ipynb #1a3e7aaf
+# %% ../nbs/09_metrics.ipynb #ce702e80
 def perturbation_curves(model:nn.Module, # the classifier
                         xb:Tensor, # the input batch `[B, C, H, W]`
                         maps:Tensor, # `[B, H, W]` or `[B, T, H, W]` at the input's size (only their order matters)
@@ -355,7 +381,7 @@ def _auc(mode, model, xb, maps, targets, n_steps, baseline, activation, batch_si
     a = curve_auc(f, p)
     return a[~a.isnan()].mean().item() if reduce else a
 
-# %% ../nbs/09_metrics.ipynb #9d62a71b
+# %% ../nbs/09_metrics.ipynb #1d413dca
 def deletion_auc(model:nn.Module, xb:Tensor, maps:Tensor, targets=None, n_steps:int=50, baseline='zeros', activation='auto',
                  batch_size:int=64, progress:bool=True, reduce:bool=True):
     "Deletion AUC (RISE), lower is better: the mean area under the probability curve as the top-ranked pixels become `baseline`; per map when `reduce=False`"
@@ -366,7 +392,7 @@ def insertion_auc(model:nn.Module, xb:Tensor, maps:Tensor, targets=None, n_steps
     "Insertion AUC (RISE), higher is better: the mean area under the probability curve as the top-ranked pixels are put back into `baseline`; per map when `reduce=False`"
     return _auc('insertion', model, xb, maps, targets, n_steps, baseline, activation, batch_size, progress, reduce)
 
-# %% ../nbs/09_metrics.ipynb #039f6b78
+# %% ../nbs/09_metrics.ipynb #c3d69aa2
 def _int_boxes(v) -> Tensor:
     "Integer half-open boxes `[K, 4]` covering the float boxes `v`"
     v = np.asarray(v, dtype=np.float64).reshape(-1, 4)
@@ -394,7 +420,7 @@ def read_boxes_csv(csv, # path of a CSV with one row per box, or a DataFrame
         labels[f] = g[label_col][ok].tolist() if label_col in df.columns else [None]*len(v)
     return boxes,labels
 
-# %% ../nbs/09_metrics.ipynb #3fff0e27
+# %% ../nbs/09_metrics.ipynb #5ee01873
 def read_coco(ann, # path of a COCO JSON file, or the loaded dict
               key:str='file_name') -> tuple: # image field to key the dicts by: 'file_name' or 'id'
     "`(boxes, labels)`: dicts image -> int64 boxes `[K, 4]` (from COCO's `[x, y, w, h]`) and image -> list of K category names"
@@ -412,7 +438,7 @@ def read_coco(ann, # path of a COCO JSON file, or the loaded dict
         boxes[imgs[i]],labels[imgs[i]] = _int_boxes(v),[cats.get(a.get('category_id'), a.get('category_id')) for a in anns]
     return boxes,labels
 
-# %% ../nbs/09_metrics.ipynb #0b2b021c
+# %% ../nbs/09_metrics.ipynb #249ade27
 def rle_decode(rle, # SIIM-style run-length string: relative starts, column-major; '-1' or empty for an empty mask
                shape) -> Tensor: # `(H, W)` of the image
     "The boolean mask `[H, W]` of a SIIM run-length string"
@@ -442,7 +468,7 @@ def rle_encode(mask) -> str:
     rel = starts - np.concatenate([[0], ends[:-1]])
     return ' '.join(f'{a} {b}' for a,b in zip(rel, ends-starts))
 
-# %% ../nbs/09_metrics.ipynb #5ee01873
+# %% ../nbs/09_metrics.ipynb #aa04114a
 def read_rle_csv(csv, # path of a CSV with one row per region, or a DataFrame
                  shape=(1024, 1024), # `(H, W)` of every image (SIIM's are 1024x1024), or a dict id -> `(H, W)`
                  id_col:str='ImageId', # column of the image id
@@ -464,7 +490,7 @@ def read_mask(fn) -> Tensor:
     a = np.asarray(Image.open(fn))
     return torch.from_numpy(a.any(-1) if a.ndim==3 else a!=0)
 
-# %% ../nbs/09_metrics.ipynb #249ade27
+# %% ../nbs/09_metrics.ipynb #adf17c7e
 def mask_to_boxes(mask, # `[H, W]`, nonzero = foreground
                   separate:bool=True, # one box per connected component, or one around all the foreground
                   min_area:int=1, # smallest component kept, in pixels
@@ -480,7 +506,7 @@ def mask_to_boxes(mask, # `[H, W]`, nonzero = foreground
     b = [(xs.start, ys.start, xs.stop, ys.stop) for (ys,xs),a in zip(ndimage.find_objects(lab), areas) if a >= min_area]
     return torch.tensor(b, dtype=torch.long).reshape(-1, 4)
 
-# %% ../nbs/09_metrics.ipynb #9f1500e1
+# %% ../nbs/09_metrics.ipynb #b1b0aa62
 class CamEvaluation(pd.DataFrame):
     "A DataFrame of metrics, one row per method x layer, with `show()`"
     @property
@@ -495,7 +521,7 @@ class CamEvaluation(pd.DataFrame):
         ctx.set_ylabel('%'); ctx.legend(fontsize=8)
         return ctx
 
-# %% ../nbs/09_metrics.ipynb #a4ab89b4
+# %% ../nbs/09_metrics.ipynb #c5c60c0a
 def _gt_for(gt, f):
     "Ground truth of file `f` from `gt`, keyed by its path or any tail of it (as a CSV relative to a folder has them: 'images/case_001.dcm')"
     if str(f) in gt: return gt[str(f)]

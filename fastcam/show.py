@@ -132,9 +132,10 @@ def get_cmaps(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
               target='all', # Which classes: 'all' (predicted first), None (predicted), an int or a class name
               method='gradcam', # A method name from `fastcam.methods.methods`
               window=None, # DICOM window: None (the file's), `(width, level)` or a `dicom_windows` name
+              tta:bool=False, # Average each map with its mirror image's (see `cam`)
               figsize=None, **show_kwargs) -> CamResult: # alpha, cmap, interpolation, merge for the overlay
     "Class activation maps of `item`, every class by default; optionally printed and drawn"
-    res = explain_item(item, dls, learn, layer, target, method)
+    res = explain_item(item, dls, learn, layer, target, method, tta=tta)
     if sanity: _sanity(res)
     if show_maps:
         T = res.targets.shape[1]
@@ -168,9 +169,10 @@ def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
               min_area:int=16, # For 'threshold': smallest region, in original pixels
               topk:int=1, # Best boxes kept per map (None: all)
               window=None, # DICOM window for drawing
+              tta:bool=False, # Average each map with its mirror image's (see `cam`)
               lw:float=2, figsize=None, ctx=None) -> LabeledBBox:
     "Boxes of `item`'s maps in its original pixels, as a `LabeledBBox` carrying the table `df`; optionally drawn"
-    res = explain_item(item, dls, learn, layer, target, method)
+    res = explain_item(item, dls, learn, layer, target, method, tta=tta)
     if sanity: _sanity(res)
     kw = dict(threshold=threshold, min_area=min_area, topk=topk) if mode=='threshold' else {}
     df = res.boxes(mode=mode, **kw)

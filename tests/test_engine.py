@@ -188,6 +188,24 @@ def test_get_boxes_and_get_cmaps_with_several_layers_use_the_fused_map(learn, dl
     assert lb.bbox.tolist() == [[r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]]]
     assert list(lb.lbl) == [dls.vocab[cls]]
 
+def test_tta_averages_the_normalised_maps_of_the_item_and_its_mirror(learn, xb):
+    "tta=True: the book's Grad-CAM of each item and of its mirror (for the item's predicted class), ReLU, min-max, the mirror's flipped back, averaged"
+    x = _plain(xb)
+    model, layer = learn.model.eval(), learn.model[0][-2]
+    with torch.no_grad(): cls = model(x).argmax(1)
+    def norm(m):   # a constant map (all negative before the ReLU) is all 0
+        m = m.relu()
+        return (m - m.min())/(m.max() - m.min()) if m.max() > m.min() else torch.zeros_like(m)
+    exp = torch.stack([(norm(book_gradcam(model, x[i:i+1], layer, int(c))) + norm(book_gradcam(model, x[i:i+1].flip(-1), layer, int(c))).flip(-1))/2
+                       for i, c in enumerate(cls)])
+    assert (exp.amax((-2, -1)) > 0).sum() >= len(x)//2                 # most items have a map to compare
+    res = learn.cam(xb, layer=[0, -2], tta=True)
+    assert res.targets[:, 0].tolist() == cls.tolist() and res.maps.shape[0] == len(x)
+    torch.testing.assert_close(res.maps[:, 0], exp, atol=1e-5, rtol=1e-4)
+    with torch.no_grad(): torch.testing.assert_close(res.probs, torch.softmax(model(x), 1))     # the items' own probabilities
+    # mirrored items get mirrored maps: tta of the mirror batch is the mirror of tta's maps
+    torch.testing.assert_close(learn.cam(x.flip(-1), layer=[0, -2], tta=True, target=cls.tolist()).maps, res.maps.flip(-1), atol=1e-5, rtol=1e-4)
+
 def test_show_result_with_too_few_images_says_so(learn, xb):
     res = learn.cam(xb)
     with pytest.raises(ValueError, match=f"{len(xb)} maps but 2 images"): res.show(xb[:2])

@@ -30,7 +30,7 @@ def test_thousand_calls_leave_model_as_found():
         if i % 10 == 9:
             with pytest.raises((ValueError, IndexError)): cam(model, xb, **bad[(i // 10) % len(bad)])
         else:
-            r = cam(model, xb, target='all' if i % 2 else None, method='cam' if i % 5 == 0 else 'gradcam')
+            r = cam(model, xb, target='all' if i % 2 else None, method='cam' if i % 5 == 0 else 'gradcam', tta=i % 3 == 0)
             assert torch.isfinite(r.maps).all()
         if i in (100, 999): gc.collect(); rss[i] = _rss_mb()
     assert _hook_count(model) == 0
@@ -84,6 +84,8 @@ def test_learner_cam_restores_learner_state(learn, xb):
     before = _state(learn.model)
     with pytest.raises(ValueError, match="unknown class 'dog'"): learn.cam(xb, target='dog')
     learn.cam(xb, target='all')
+    with pytest.raises(ValueError, match="unknown class 'dog'"): learn.cam(xb, target='dog', tta=True)
+    learn.cam(xb, target='all', tta=True, layer=[[0, -2], [0, -1]])
     assert _state(learn.model) == before and _hook_count(learn.model) == 0
     assert all(p.grad is None for p in learn.model.parameters())
 

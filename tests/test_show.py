@@ -12,22 +12,19 @@ import matplotlib.pyplot as plt
 import pydicom
 from PIL import Image
 from fastai.torch_core import set_seed
-from fastai.data.block import DataBlock, CategoryBlock
-from fastai.data.transforms import ColReader, ColSplitter
-from fastai.vision.augment import Resize
 from fastcam.synth import make_dicom_set
-from fastcam.items import DicomBlock, ItemError
+from fastcam.items import ItemError
 from fastcam.core import CamResult
 from fastcam.boxes import show_boxes
 from fastcam.show import get_cmaps, get_boxes
-from fastcam.cli import gap_linear_learner
+from fastcam.cli import gap_linear_learner, synth_dls
+from fastcam.metrics import best_threshold
 
 # The recipe, which `fastcam demo` also uses (the rates it reaches are under `--- weak localisation ---`); ~50 s in all on
 # one core of a quiet machine:
 N, SEED = 600, 0              # make_dicom_set's defaults otherwise: lesions 18-64 px, soft, faint; 480 train, 120 valid (60 positive)
 SIZE, BS, EPOCHS, LR = 96, 8, 6, 5e-3
-LAYERS = [[0,-3], [0,-2], [0,-1]]   # the body's last three blocks (24x24, 12x12 and 6x6 maps), fused: mean of their normalised maps
-THRESHOLD = 0.7                     # get_boxes' default
+LAYERS = [[0,-4], [0,-3], [0,-2], [0,-1]]   # the body's four blocks (48x48, 24x24, 12x12 and 6x6 maps), fused: mean of their normalised maps
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
@@ -40,11 +37,8 @@ def trained(tmp_path_factory):
         make_dicom_set(path, n=N, seed=SEED)
         lb, bx = pd.read_csv(path/'labels.csv'), pd.read_csv(path/'boxes.csv')
         set_seed(SEED, reproducible=True)
-        db = DataBlock(blocks=(DicomBlock(), CategoryBlock), get_x=ColReader('file', pref=path), get_y=ColReader('label'),
-                       splitter=ColSplitter('is_valid'), item_tfms=Resize(SIZE, method='squish'))
-        dls = db.dataloaders(lb, bs=BS, num_workers=0, device='cpu')
-        dls.train.rng, dls.valid.rng = random.Random(SEED), random.Random(SEED)
-        learn = gap_linear_learner(dls, size=SIZE)   # the demo's model (fastcam.cli): small XResNet body, GAP + linear head
+        dls = synth_dls(path, lb, SIZE, bs=BS, seed=SEED)   # the demo's DataLoaders: squish to SIZE, Flip in training
+        learn = gap_linear_learner(dls, size=SIZE)         # the demo's model (fastcam.cli): small XResNet body, GAP + linear head
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(EPOCHS, LR)
         yield learn, dls, path, lb, bx, time.time() - t0
     finally: torch.set_num_threads(threads)
@@ -68,55 +62,63 @@ def _best(df, i):
 
 # --- weak localisation ---
 
-# What the recipe reaches. Measured with this file's recipe on 2 CPU cores, data seed 0, for model seeds 0-4 (set_seed and
-# the DataLoader rng), fused map of the last three blocks, 60 held-out positives (synth with lesions in either lung alike):
-#   model seed                     0      1      2      3      4
-#   valid accuracy                 0.967  0.983  0.958  0.975  0.975
-#   peak inside the lesion box     0.800  0.983  0.817  0.850  0.667
-#   threshold box IoU>=0.5 @0.6    0.033  0.067  0.033  0.000  0.033
-#                          @0.7    0.267  0.400  0.233  0.233  0.250
-#                          @0.75   0.417  -      -      0.400  0.383
-#                          @0.8    0.617  0.217  0.517  0.467  0.550
-# (Before the synthetic lesions were balanced between the lungs, three in four lay in the image's left lung; the same
-# recipe then gave peak inside 0.62-0.98 and box rates at 0.7 of 0.25-0.85, best threshold 0.7 for 3 seeds of 5.)
-# So the issue's targets (peak inside >= 90%, box >= 70%) are out of reach of this budget (~40 s of training on one core):
-# the best threshold moves between 0.7 and 0.8 from seed to seed and no fixed one reaches 70%. Where boxes miss, they
-# are too large for small lesions (< 25 px: the 24x24 map's blob covers 5x the lesion's area) and hit or miss for large
-# ones. Training longer does not help (10 epochs, seed 0: peak inside 0.55, best box rate 0.13): the model overfits to
-# other cues. A contrastive target (nodule minus normal) gives the same maps to within 0.03 in box rate.
-# The bars asserted are those the recipe reaches for (almost) every seed, far above chance (the lesion box covers ~2% of
-# the image, ~8% of the lungs; a random box ~0%): peak inside >= 0.75 (8 runs of 10), a box at the default threshold on
-# >= 20% (10 of 10), and on >= 35% at the best threshold of 0.6-0.8 (9 of 10).
-# Single blocks do worse than the fused map ([0,-3] 0.27-0.87 peak inside; [0,-2], [0,-1] lower) and fastai's default
-# head (concat pool, BN, MLP) instead of GAP + linear misses the lesions at the same accuracy (peak inside 0.03-0.3).
-ACC_BAR, POINT_BAR, DEFAULT_BOX_BAR, BEST_BOX_BAR = 0.9, 0.75, 0.2, 0.35
+# What the recipe reaches, over model seeds 0-4 (set_seed and the DataLoader rng; data seed 0), 60 held-out positives,
+# measured on 2 CPU cores with this file's code: the fused map of the body's four blocks with tta=True, the peak's cell
+# and the first threshold box, against each lesion's box; the threshold chosen on 80 training positives.
+#   model seed                         0      1      2      3      4
+#   valid accuracy                     0.983  0.992  0.983  0.992  0.975
+#   peak inside the lesion box         0.967  0.883  0.917  1.000  0.917
+#   box IoU>=0.5 @0.6                  0.550  0.450  0.550  0.700  0.583
+#                @0.7 (the default)    0.717  0.817  0.150  0.883  0.667
+#                @0.8                  0.367  0.633  0.067  0.350  0.233
+#   chosen threshold                   0.70   0.70   0.60   0.70   0.65
+#   box IoU>=0.5 at it                 0.717  0.817  0.550  0.883  0.733
+# The same models without tta (seeds 1-4): peak 0.87-0.97, box at the chosen threshold 0.45-0.62. The recipe before (no Flip in
+# training, the last three blocks, threshold 0.7): peak 0.67-0.98, box 0.23-0.40 (best threshold of 0.6-0.8: 0.22-0.62).
+# What changed it: Flip makes the model know a lesion by its look in either lung; the 48x48 block gives the fused map
+# finer edges; tta averages out what the model sees on one side only; and the chosen threshold follows the model (its
+# maps' blobs are wider or narrower than the lesions from seed to seed: seed 2's best is 0.55-0.6, the others' 0.65-0.75).
+# The seed here (0) reaches the issue's bars; over the five seeds each bar is reached by four, both by three (0, 3, 4).
+# The issue's targets are the bars asserted: peak inside the lesion box on >= 90% and a box with IoU >= 0.5 on >= 70%,
+# at the threshold chosen on N_CALIB training positives (best_threshold), as a user with a few labelled images would.
+ACC_BAR, POINT_BAR, BOX_BAR = 0.9, 0.9, 0.7
+N_CALIB = 80
+
+def _positives(trained, valid=True, n=None):
+    "Files and ground-truth boxes of the validation positives (never trained on), or of the first `n` training positives"
+    learn, dls, path, lb, bx, _ = trained
+    pos = lb[lb.is_valid == valid].merge(bx, on=['file', 'label']).head(n)
+    assert set(pos.label) == {'nodule'}
+    return [path/f for f in pos.file], pos[['x0', 'y0', 'x1', 'y1']].to_numpy()
 
 def _held_out_positives(trained):
-    "Files and ground-truth boxes of the validation positives (never trained on)"
-    learn, dls, path, lb, bx, _ = trained
-    pos = lb[lb.is_valid].merge(bx, on=['file', 'label'])
-    assert len(pos) == 60 and set(pos.label) == {'nodule'}
-    return [path/f for f in pos.file], pos[['x0', 'y0', 'x1', 'y1']].to_numpy()
+    files, gt = _positives(trained)
+    assert len(files) == 60
+    return files, gt
+
+def _box_rate(res, gt, threshold):
+    "Share of items whose first threshold box has IoU >= 0.5 with its lesion"
+    thr = res.boxes(mode='threshold', threshold=threshold, min_area=16, topk=1)
+    return np.mean([(b := _best(thr, i)) is not None and _iou(b, g) >= 0.5 for i, g in enumerate(gt)])
 
 def test_trained_model_finds_the_lesions(trained):
     learn, dls, path, lb, bx, secs = trained
     with learn.no_bar(): acc = float(learn.validate()[1])
     files, gt = _held_out_positives(trained)
-    res = learn.cam(files, layer=LAYERS, target='nodule')
-    fused = res['fused']
-    assert fused.maps.shape[-2:] == (24, 24)                            # upsampled to the finest of the three
-    peak = fused.boxes(mode='peak')
+    res = learn.cam(files, layer=LAYERS, target='nodule', fused=True, tta=True)
+    assert res.maps.shape[-2:] == (48, 48)                            # upsampled to the finest of the four
+    peak = res.boxes(mode='peak')
     point = np.mean([(b := _best(peak, i)) is not None and _inside(b, g) for i, g in enumerate(gt)])
-    box = {}
-    for t in (0.6, 0.65, 0.7, 0.75, 0.8):
-        thr = fused.boxes(mode='threshold', threshold=t, min_area=16, topk=1)
-        box[t] = np.mean([(b := _best(thr, i)) is not None and _iou(b, g) >= 0.5 for i, g in enumerate(gt)])
-    print(f"\nvalid accuracy {acc:.3f}; {len(gt)} held-out positives, fused Grad-CAM of {LAYERS}: peak inside the lesion {point:.3f}, "
-          f"threshold box IoU>=0.5 " + ', '.join(f'{t}: {v:.3f}' for t, v in box.items()) + f"; trained in {secs:.0f} s")
+    box = {t: _box_rate(res, gt, t) for t in (0.6, 0.65, 0.7, 0.75, 0.8)}
+    cf, cg = _positives(trained, valid=False, n=N_CALIB)
+    thr = best_threshold(learn.cam(cf, layer=LAYERS, target='nodule', fused=True, tta=True), [[g] for g in cg])
+    chosen = _box_rate(res, gt, thr)
+    print(f"\nvalid accuracy {acc:.3f}; {len(gt)} held-out positives, fused Grad-CAM of {LAYERS} with tta: peak inside the lesion {point:.3f}, "
+          f"threshold box IoU>=0.5 " + ', '.join(f'{t}: {v:.3f}' for t, v in box.items()) +
+          f"; at the threshold chosen on {len(cf)} training positives ({thr}): {chosen:.3f}; trained in {secs:.0f} s")
     assert acc >= ACC_BAR
     assert point >= POINT_BAR
-    assert box[THRESHOLD] >= DEFAULT_BOX_BAR
-    assert max(box.values()) >= BEST_BOX_BAR
+    assert chosen >= BOX_BAR
 
 # --- figures ---
 

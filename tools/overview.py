@@ -1,9 +1,9 @@
 """Make nbs/images/fastcam_overview.png, the picture at the top of the README and docs index.
 
-The same synthetic chest X-ray DICOM set and model as `fastcam demo` (`fastcam.synth`, `fastcam.cli.gap_linear_learner`,
-trained for about a minute on one CPU thread), then for one held-out positive case: the DICOM at its own size and window,
-its fused Grad-CAM in its own pixels (as `get_cmaps` draws it), and the box made from the map next to the true lesion
-box. Nothing is downloaded.
+The same synthetic chest X-ray DICOM set, model and box threshold as `fastcam demo` (`fastcam.synth`,
+`fastcam.cli.synth_dls`, `gap_linear_learner`, trained for about a minute on one CPU thread; `demo_threshold`), then for
+one held-out positive case: the DICOM at its own size and window, its fused Grad-CAM (with `tta`) in its own pixels (as
+`get_cmaps` draws it), and the box made from the map next to the true lesion box. Nothing is downloaded.
 
 Run: python tools/overview.py [OUT.png]
 """
@@ -15,14 +15,13 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 from PIL import Image
-import random
-from fastai.vision.all import DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, set_seed
+from fastai.vision.all import set_seed
 from fastcam.synth import make_dicom_set
-from fastcam.items import DicomBlock, read_dicom
+from fastcam.items import read_dicom
 from fastcam.show import show_original_cam
 from fastcam.boxes import show_boxes
 from fastcam.metrics import box_iou
-from fastcam.cli import gap_linear_learner, DEMO_LAYERS, _layer
+from fastcam.cli import gap_linear_learner, synth_dls, demo_threshold, DEMO_LAYERS, _layer
 import fastcam.core  # noqa: F401  (adds learn.cam)
 
 def main(out=Path(__file__).resolve().parent.parent/'nbs'/'images'/'fastcam_overview.png'):
@@ -34,11 +33,7 @@ def main(out=Path(__file__).resolve().parent.parent/'nbs'/'images'/'fastcam_over
         path = Path(d)
         df = make_dicom_set(path, n=600, seed=0)
         set_seed(0, reproducible=True)
-        dblock = DataBlock(blocks=(DicomBlock(), CategoryBlock), get_x=ColReader('file', pref=path), get_y=ColReader('label'),
-                           splitter=ColSplitter('is_valid'), item_tfms=Resize(96, method='squish'))
-        dls = dblock.dataloaders(df, bs=8, num_workers=0, device='cpu')
-        dls.train.rng, dls.valid.rng = random.Random(0), random.Random(0)
-        learn = gap_linear_learner(dls, size=96)
+        learn = gap_linear_learner(synth_dls(path, df, 96, seed=0), size=96)
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(6, 5e-3)
         with learn.no_bar(): acc = float(learn.validate()[1])
         print(f"trained in {time.time()-t0:.0f} s, validation accuracy {acc:.2f}")
@@ -46,11 +41,12 @@ def main(out=Path(__file__).resolve().parent.parent/'nbs'/'images'/'fastcam_over
         # the held-out positive the model is surest about (a fixed rule, not picked by eye)
         pos = df[df.is_valid & (df.label=='nodule')].reset_index(drop=True)
         files = [path/f for f in pos.file]
-        res = learn.cam(files, layer=_layer(DEMO_LAYERS), target='nodule', fused=True)
+        res = learn.cam(files, layer=_layer(DEMO_LAYERS), target='nodule', fused=True, tta=True)
+        thr = demo_threshold(learn, path, df)
         k = int(res.target_probs[:, 0].argmax())
         r,fn = pos.iloc[k],files[k]
         one = res[k]
-        boxes = one.boxes(topk=1, threshold=0.7)
+        boxes = one.boxes(topk=1, threshold=thr)
         truth = [int(r.x0), int(r.y0), int(r.x1), int(r.y1)]
         b = boxes[['x0', 'y0', 'x1', 'y1']].values[0].tolist()
         iou = float(box_iou([b], [truth])[0, 0])
