@@ -578,3 +578,18 @@ def test_mask_to_boxes():
     # a mask decoded from RLE, then boxed, scores IoU 1 against its own box
     m = rle_decode(rle_encode(HAND), (4, 5))
     assert box_iou(mask_to_boxes(m, separate=False), [[0, 0, 5, 4]]).item() == 1.
+
+def test_threshold_accuracy_on_a_squished_non_square_original():
+    "A hand-made 12x12 map of a 96x96 input squished from a 240x360 original: a core at 1 in a ring at 0.6; boxes in original pixels"
+    from fastai.vision.augment import Resize
+    from fastcam.core import CamResult
+    from fastcam.metrics import threshold_accuracy, best_threshold
+    m = torch.zeros(1, 1, 12, 12); m[0, 0, 2:8, 3:9] = .6; m[0, 0, 4:6, 5:7] = 1.
+    res = CamResult(m, torch.tensor([[0]]), torch.tensor([[1.]]), input_size=(96, 96), orig_sizes=[(240, 360)], geometry=Resize(96, method='squish'))
+    # a 12x12 cell is 30 x 20 original pixels (360/12 wide, 240/12 high): the ring spans cells 3..9 x 2..8, the core 5..7 x 4..6
+    ring, core = [90, 40, 270, 160], [150, 80, 210, 120]
+    acc = threshold_accuracy(res, [[ring]], thresholds=(0.0, 0.3, 0.9))
+    assert acc.tolist() == [0., 1., 0.]                        # at 0 the box is the whole image, at 0.9 the core
+    assert best_threshold(res, [[core]], thresholds=(0.3, 0.8, 0.95)) == 0.8
+    with pytest.raises(ValueError, match='1 items'): threshold_accuracy(res, [[ring], [ring]])
+    with pytest.raises(ValueError, match='no item has a ground-truth box'): threshold_accuracy(res, [None])
