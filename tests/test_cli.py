@@ -253,3 +253,29 @@ def test_demo_and_help(tmp_path):
     assert r.returncode == 0 and '--num-processes' in r.stdout and '--trust' in r.stdout
     r = _fastcam('explode')
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "fastcam: unknown command 'explode'; choose one of: demo, run"
+
+def test_tta_and_save_maps_reach_the_engine(setup, capsys):
+    "--tta --save-maps: each saved map is the mean of the file's and its mirror's normalised Grad-CAM (book-style, by hand), not the plain map"
+    from fastai.learner import load_learner
+    from fastcam import cli
+    root, inp = setup
+    files = sorted((inp/'dicom'/'sub').glob('*.dcm'))[:3]
+    out = root/'out_tta'
+    assert cli.run(str(root/'model.pkl'), *map(str, files), out=str(out), trust=True, tta=True, save_maps=True, progress=False) == 0
+    learn = load_learner(root/'model.pkl', cpu=True)
+    model, layer = learn.model.eval(), learn.model[0][-1]        # the default layer: the body's last block
+    xb = torch.cat([b[0] for b in learn.dls.test_dl(files)]).as_subclass(torch.Tensor)
+    def gradcam(x, c):
+        acts = []
+        h = layer.register_forward_hook(lambda m, i, o: acts.append(o))
+        try: out_ = model(x)
+        finally: h.remove()
+        g, = torch.autograd.grad(out_[0, c], acts[0])
+        m = (g.mean((2, 3), keepdim=True)*acts[0]).sum(1)[0].relu().detach()
+        return (m - m.min())/(m.max() - m.min()) if m.max() > m.min() else torch.zeros_like(m)
+    for f, x in zip(files, xb):
+        with torch.no_grad(): c = int(model(x[None]).argmax())
+        exp = (gradcam(x[None], c) + gradcam(x[None].flip(-1), c).flip(-1))/2
+        got = np.load(next((out/'maps').glob(f'{f.stem}_*.npy')))
+        np.testing.assert_allclose(got[0], exp.numpy(), atol=1e-5)
+        assert not np.allclose(got[0], gradcam(x[None], c).numpy(), atol=1e-3)   # tta changed the map
