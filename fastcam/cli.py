@@ -115,7 +115,7 @@ def _blend():
 @functools.cache
 def _font(size): return ImageFont.load_default(size=size)
 
-def _overlay_path(out, f): return Path(out)/'overlays'/f"{Path(f).stem}_{_key(f)[:8]}.png"
+def _out_path(out, kind, f, ext): return Path(out)/kind/f"{Path(f).stem}_{_key(f)[:8]}{ext}"   # e.g. overlays/case_001_79ee1d3b.png
 
 def _overlay(img, m, title, boxes, out, f, vocab):
     "Save the overlay PNG of file `f`: `img` (its original pixels, scaled down past `overlay_side`), the map `m` (`[H, W]` in original pixels, 0 to 1) blended over it, `boxes` (dicts) colored per class, `title` on top"
@@ -141,7 +141,7 @@ def _overlay(img, m, title, boxes, out, f, vocab):
     page.paste(im, (0, 2*fs))
     ImageDraw.Draw(page).text((W//2, fs), title, fill='black', font=font, anchor='mm')
     buf = io.BytesIO(); page.save(buf, 'PNG', compress_level=1)
-    return atomic_write(_overlay_path(out, f), buf.getvalue(), 'wb', fsync=False)
+    return atomic_write(_out_path(out, 'overlays', f, '.png'), buf.getvalue(), 'wb', fsync=False)
 
 # %% ../nbs/11_cli.ipynb #7a3bb9a7
 _Read = namedtuple('_Read', 'file item img')   # a file, what `test_dl` gets for it, the overlay's pixels
@@ -165,7 +165,7 @@ _Job = namedtuple('_Job', 'read map title boxes raw rec vocab')   # what is writ
 
 def _explain_batch(learn, batch, cfg) -> list:
     "Explain `batch` (`_Read`s) in one batch: a `_Job` per file with its map in original pixels (computed once, for its boxes and its overlay), boxes and record"
-    res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True, tta=cfg.get('tta', False))
+    res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True, tta=cfg['tta'])
     mos = [res.original_maps(i) for i in range(len(batch))]
     kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk'], original=mos) if cfg['mode']=='threshold' else {}
     boxes = [[] for _ in batch]
@@ -175,7 +175,7 @@ def _explain_batch(learn, batch, cfg) -> list:
     for i,o in enumerate(batch):
         c = int(res.targets[i,0])
         rec = dict(file=str(o.file), size=list(res.orig_sizes[i]), **{'class': str(vocab[c])}, prob=float(res.probs[i,c]),
-                   overlay=_overlay_path('', o.file).as_posix(), layer=res.layer, method=res.method,
+                   overlay=_out_path('', 'overlays', o.file, '.png').as_posix(), layer=res.layer, method=res.method,
                    boxes=[dict(**{'class': str(r['label'])}, prob=float(r['prob']), x0=int(r['x0']), y0=int(r['y0']), x1=int(r['x1']), y1=int(r['y1']),
                                score=float(r['score'])) for r in boxes[i]])
         jobs.append(_Job(o, mos[i][0], f"{vocab[c]} {float(res.probs[i,c]):.2f}", boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab))
@@ -190,7 +190,7 @@ def _write_jobs(jobs, out):
             _overlay(j.read.img, j.map, j.title, j.boxes, out, f, j.vocab)
             if j.raw is not None:
                 buf = io.BytesIO(); np.save(buf, j.raw)
-                atomic_write(Path(out)/'maps'/f"{Path(f).stem}_{_key(f)[:8]}.npy", buf.getvalue(), 'wb', fsync=False)
+                atomic_write(_out_path(out, 'maps', f, '.npy'), buf.getvalue(), 'wb', fsync=False)
             done.append(j)
         except Exception as e: _error(out, f, e)
     sync_disk(out)

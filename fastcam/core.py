@@ -342,15 +342,13 @@ class CamSession:
 # %% ../nbs/01_core.ipynb #b39e3040
 @patch
 def gather(self:CamSession, out:Tensor, target=None, vocab=None, multi_label:bool=False, xb:Tensor=None,
-           mirrored:bool=False): # The batch's second half mirrors its first: both halves get the first half's targets
+           mirrored:bool=False, # The batch's second half mirrors its first: both halves get the first half's targets
+           targets:Tensor=None): # Class indices `[B,T]` already resolved (padding -1), used as they are instead of `target`
     "`(probs, [Gathered per layer])` from the model's output `out`: targets resolved, one backward per target slot"
     self.remove_hooks()
     hooks,self.hooks = self.hooks,[_ActHook(h.name, self.need_grad) for h in self.hooks]
     for h in hooks: _check_acts(h)
-    kind = head_kind(out, multi_label)
-    probs = out_probs(out, kind)
-    targets = resolve_targets(target, probs[:len(probs)//2] if mirrored else probs, vocab, multi_label)
-    if mirrored: targets = torch.cat([targets, targets])
+    kind,probs,targets = _probs_targets(out, target, vocab, multi_label, mirrored, targets)
     grads = _grads(out, targets, kind, [h.acts for h in hooks]) if self.need_grad else [None]*len(hooks)
     out = out.detach()
     return probs,[Gathered(h.acts.detach(), g, targets, out, kind, self.model, h.name, xb) for h,g in zip(hooks, grads)]
@@ -363,12 +361,21 @@ def _check_acts(h):
         shape = tuple(h.acts.shape) if isinstance(h.acts, Tensor) else type(h.acts).__name__
         raise ValueError(f"layer '{h.name}' outputs {shape}, not a [B,C,h,w] map; choose a convolutional layer (layer=None picks the last one)")
 
-def _grads(out, targets, kind, acts):
-    "Gradients `[B,T,C,h,w]` per layer: one autograd.grad per target slot, w.r.t. the activations only"
+def _probs_targets(out, target=None, vocab=None, multi_label:bool=False, mirrored:bool=False, targets=None) -> tuple:
+    "`(kind, probs, targets [B,T])` of the model's output `out`: `target` resolved (for a `mirrored` batch, on its first half and repeated), unless `targets` come resolved"
+    kind = head_kind(out, multi_label)
+    probs = out_probs(out, kind)
+    if targets is None:
+        targets = resolve_targets(target, probs[:len(probs)//2] if mirrored else probs, vocab, multi_label)
+        if mirrored: targets = torch.cat([targets, targets])
+    return kind,probs,targets
+
+def _grads(out, targets, kind, acts, retain_graph:bool=False):
+    "Gradients `[B,T,C,h,w]` per tensor of `acts`: one autograd.grad per target slot, w.r.t. those tensors only; the graph is kept for later with `retain_graph`"
     if not out.requires_grad: raise ValueError(f"the model's output does not depend on the explained layer(s); choose a layer on the path to the output")
     T,res = targets.shape[1],[[] for _ in acts]
     for j in range(T):
-        gs = torch.autograd.grad(class_scores(out, targets[:,j], kind).sum(), acts, retain_graph=j<T-1, allow_unused=True)
+        gs = torch.autograd.grad(class_scores(out, targets[:,j], kind).sum(), acts, retain_graph=retain_graph or j<T-1, allow_unused=True)
         for r,g,a in zip(res, gs, acts): r.append(torch.zeros_like(a) if g is None else g)
     return [torch.stack(r, 1) for r in res]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch, torch.nn.functional as F
 from torch import nn, Tensor
 from fastcore.basics import store_attr
-from .core import eval_mode, _as_batch, _model_device, _first_tensor, head_kind, out_probs, resolve_targets, class_scores, CamSession, cam_result, upsample_maps
+from .core import eval_mode, _as_batch, _model_device, _first_tensor, _probs_targets, _grads, CamSession, cam_result, upsample_maps
 
 # %% auto #0
 __all__ = ['GuidedBackprop', 'guided_gradcam', 'min_max_scale', 'to_grayscale']
@@ -30,13 +30,9 @@ class _Guide:
 
 # %% ../nbs/03_guided.ipynb #ea65d9e8
 def _input_grads(out:Tensor, x:Tensor, target=None, vocab=None, multi_label:bool=False, retain_graph:bool=False) -> tuple:
-    "`(grads [B,T,C,H,W], targets [B,T], probs)`: one gradient of the summed class scores w.r.t. `x` per target slot"
-    kind = head_kind(out, multi_label)
-    probs = out_probs(out, kind)
-    targets = resolve_targets(target, probs, vocab, multi_label)
-    T = targets.shape[1]
-    gs = [torch.autograd.grad(class_scores(out, targets[:,j], kind).sum(), x, retain_graph=retain_graph or j<T-1)[0] for j in range(T)]
-    return torch.stack(gs, 1),targets,probs
+    "`(grads [B,T,C,H,W], targets [B,T], probs)`: one gradient of the summed class scores w.r.t. `x` per target slot, as `gather` takes them at a layer"
+    kind,probs,targets = _probs_targets(out, target, vocab, multi_label)
+    return _grads(out, targets, kind, [x], retain_graph)[0],targets,probs
 
 # %% ../nbs/03_guided.ipynb #025cdfa9
 class GuidedBackprop:
@@ -59,7 +55,7 @@ def guided_gradcam(model:nn.Module, xb:Tensor, layer=None, target=None, vocab=No
         out = _first_tensor(model(x))
         gb,targets,probs = _input_grads(out, x, target, vocab, multi_label, retain_graph=True)
         guide.on = False
-        _,(g,) = s.gather(out, targets, vocab, multi_label, xb)
+        _,(g,) = s.gather(out, vocab=vocab, multi_label=multi_label, xb=xb, targets=targets)
     gc = cam_result('gradcam', g, probs, vocab)
     up = upsample_maps(gc.maps.relu(), xb.shape[-2:]).to(gb.device)
     return gb * up[:,:,None]

@@ -262,17 +262,11 @@ def test_tta_and_save_maps_reach_the_engine(setup, capsys):
     files = sorted((inp/'dicom'/'sub').glob('*.dcm'))[:3]
     out = root/'out_tta'
     assert cli.run(str(root/'model.pkl'), *map(str, files), out=str(out), trust=True, tta=True, save_maps=True, progress=False) == 0
+    from test_engine import book_gradcam, book_norm
     learn = load_learner(root/'model.pkl', cpu=True)
     model, layer = learn.model.eval(), learn.model[0][-1]        # the default layer: the body's last block
     xb = torch.cat([b[0] for b in learn.dls.test_dl(files)]).as_subclass(torch.Tensor)
-    def gradcam(x, c):
-        acts = []
-        h = layer.register_forward_hook(lambda m, i, o: acts.append(o))
-        try: out_ = model(x)
-        finally: h.remove()
-        g, = torch.autograd.grad(out_[0, c], acts[0])
-        m = (g.mean((2, 3), keepdim=True)*acts[0]).sum(1)[0].relu().detach()
-        return (m - m.min())/(m.max() - m.min()) if m.max() > m.min() else torch.zeros_like(m)
+    gradcam = lambda x, c: book_norm(book_gradcam(model, x, layer, c))
     for f, x in zip(files, xb):
         with torch.no_grad(): c = int(model(x[None]).argmax())
         exp = (gradcam(x[None], c) + gradcam(x[None].flip(-1), c).flip(-1))/2

@@ -30,6 +30,11 @@ def book_gradcam(model, x, layer, cls):
     w = grad[0].mean(dim=[1, 2], keepdim=True)
     return (w * act[0]).sum(0)
 
+def book_norm(m):
+    "ReLU then min-max to 0..1, as the book's pictures are scaled; a constant map (all negative before the ReLU) is all 0"
+    m = m.relu()
+    return (m - m.min())/(m.max() - m.min()) if m.max() > m.min() else torch.zeros_like(m)
+
 def _plain(x): return x.as_subclass(torch.Tensor)
 
 @pytest.mark.parametrize('layer_path', [None, [0, -2]])
@@ -193,10 +198,7 @@ def test_tta_averages_the_normalised_maps_of_the_item_and_its_mirror(learn, xb):
     x = _plain(xb)
     model, layer = learn.model.eval(), learn.model[0][-2]
     with torch.no_grad(): cls = model(x).argmax(1)
-    def norm(m):   # a constant map (all negative before the ReLU) is all 0
-        m = m.relu()
-        return (m - m.min())/(m.max() - m.min()) if m.max() > m.min() else torch.zeros_like(m)
-    exp = torch.stack([(norm(book_gradcam(model, x[i:i+1], layer, int(c))) + norm(book_gradcam(model, x[i:i+1].flip(-1), layer, int(c))).flip(-1))/2
+    exp = torch.stack([(book_norm(book_gradcam(model, x[i:i+1], layer, int(c))) + book_norm(book_gradcam(model, x[i:i+1].flip(-1), layer, int(c))).flip(-1))/2
                        for i, c in enumerate(cls)])
     assert (exp.amax((-2, -1)) > 0).sum() >= len(x)//2                 # most items have a map to compare
     res = learn.cam(xb, layer=[0, -2], tta=True)

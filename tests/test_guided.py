@@ -137,3 +137,21 @@ def test_grad_mode_kept_under_no_grad():
         ggc = guided_gradcam(model, xb)
         assert not torch.is_grad_enabled()
     assert gb.abs().sum() > 0 and ggc.abs().sum() > 0 and not ggc.requires_grad
+
+def test_resolved_targets_with_padding_are_used_as_given():
+    "guided_gradcam hands its resolved targets to `gather` as they are: a padding slot (-1) stays padding, not class -1 (the last one)"
+    from fastcam.core import CamSession, cam_result
+    torch.manual_seed(4)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    xb = torch.randn(2, 3, 64, 64)
+    t = torch.tensor([[1, -1], [2, 0]])
+    with CamSession(model, ['layer4'], xb=xb) as s:
+        probs, (g,) = s.gather(model(xb), xb=xb, multi_label=True, targets=t)
+    assert g.targets.tolist() == t.tolist()
+    maps = cam_result('gradcam', g, probs).maps
+    assert (maps[0, 1] == 0).all() and maps[1, 1].abs().sum() > 0
+    torch.testing.assert_close(maps[1, 1], cam(model, xb[1:], layer='layer4', target=0, multi_label=True).maps[0, 0], atol=1e-5, rtol=1e-4)
+    ggc = guided_gradcam(model, xb, layer='layer4', target=[[1, 3], [2, 0]], multi_label=True)
+    ref = torch.stack([_captum_gb(model, xb, [1, 2]), _captum_gb(model, xb, [3, 0])], 1)
+    up = upsample_maps(cam(model, xb, layer='layer4', target=[[1, 3], [2, 0]], multi_label=True).maps.relu(), (64, 64))
+    torch.testing.assert_close(ggc, ref * up[:, :, None], atol=1e-6, rtol=1e-4)
