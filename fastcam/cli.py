@@ -431,14 +431,10 @@ commands = {'demo': demo, 'run': run}
 def main(argv:list=None):
     "Entry point of the `fastcam` console script"
     argv = sys.argv[1:] if argv is None else list(argv)
-    usage = "usage: fastcam {" + ','.join(commands) + "} [--help] [options]"
-    if not argv or argv[0] in ('-h', '--help'):
-        print(usage + "\n\n" + '\n'.join(f"  {k:10} {f.__doc__}" for k,f in commands.items()))
-        return 0 if argv else 2
+    if not argv or argv[0] not in commands:   # help, --version, a mistake: answered as the fast entry point answers them
+        from fastcam.entry import top_level
+        return top_level(argv, {k: (f.__doc__ or '').split('\n')[0] for k,f in commands.items()})
     cmd,rest = argv[0],argv[1:]
-    if cmd not in commands:
-        print(f"fastcam: unknown command '{cmd}'; choose one of: {', '.join(commands)}", file=sys.stderr)
-        return 2
     f = getattr(commands[cmd], '__wrapped__', commands[cmd])
     sys.argv = [f'fastcam {cmd}', *rest]
     pargs,kwargs,_ = parse_cli(f)
