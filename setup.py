@@ -33,7 +33,7 @@ setuptools.setup(
     python_requires='>=' + min_python,
     install_requires=cfg['requirements'].split(),
     extras_require={'dev': cfg['dev_requirements'].split(),
-                    'dicom': cfg['dicom_requirements'].split(),           # decoders for compressed DICOM (MIT/Apache)
+                    'dicom': cfg['dicom_requirements'].split(),           # decoders for compressed DICOM (MIT/Apache) and highdicom for DICOM outputs
                     'dicom-gpl': cfg['dicom_gpl_requirements'].split()},  # 12-bit JPEG Extended needs libjpeg (GPL-3.0)
     entry_points={'console_scripts': cfg['console_scripts'].split(),
                   'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},

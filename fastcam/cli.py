@@ -21,6 +21,7 @@ from fastai.vision.all import (DataBlock, CategoryBlock, ColReader, ColSplitter,
 from .core import learner_cam
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
 from .report import atomic_write, sync_disk, write_outputs
+from .dicom_out import record_mm
 from .synth import make_dicom_set
 
 # %% auto #0
@@ -178,6 +179,7 @@ def _explain_batch(learn, batch, cfg) -> list:
                    overlay=_out_path('', 'overlays', o.file, '.png').as_posix(), layer=res.layer, method=res.method,
                    boxes=[dict(**{'class': str(r['label'])}, prob=float(r['prob']), x0=int(r['x0']), y0=int(r['y0']), x1=int(r['x1']), y1=int(r['y1']),
                                score=float(r['score'])) for r in boxes[i]])
+        record_mm(rec)   # box sizes in mm from the file's PixelSpacing or ImagerPixelSpacing (fastcam.dicom_out)
         jobs.append(_Job(o, mos[i][0], f"{vocab[c]} {float(res.probs[i,c]):.2f}", boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab))
     return jobs
 

@@ -51,7 +51,11 @@ def atomic_savefig(fig, path, **kwargs):
     return path
 
 # %% ../nbs/10_report.ipynb #6adeb30c
-_cols = ['file', 'class', 'prob', 'x0', 'y0', 'x1', 'y1', 'score']
+_cols = ['file', 'class', 'prob', 'x0', 'y0', 'x1', 'y1', 'score', 'width_mm', 'height_mm', 'area_mm2', 'spacing_source']
+
+def _mm(r, b=None):
+    "The mm columns of box `b` of record `r`: empty where the file has no pixel spacing (see `fastcam.dicom_out.record_mm`)"
+    return dict(**{k: (b or {}).get(k) for k in ('width_mm', 'height_mm', 'area_mm2')}, spacing_source=r.get('spacing_source') or '')
 
 def read_records(folder) -> list:
     "All records (dicts) in `folder`, sorted by file"
@@ -59,14 +63,14 @@ def read_records(folder) -> list:
     return sorted(recs, key=lambda r: r['file'])
 
 def boxes_table(records:list) -> pd.DataFrame:
-    "One row per box of every successful record (a row with an empty box for a file without one): file, class, prob, x0, y0, x1, y1, score"
+    "One row per box of every successful record (a row with an empty box for a file without one): file, class, prob, x0, y0, x1, y1, score, width_mm, height_mm, area_mm2, spacing_source"
     rows = []
     for r in records:
         if r.get('error'): continue
         bs = r.get('boxes') or [None]
         for b in bs:
-            if b is None: rows.append(dict(file=r['file'], **{'class': r['class']}, prob=r['prob']))
-            else: rows.append(dict(file=r['file'], **{'class': b['class']}, prob=b['prob'], x0=b['x0'], y0=b['y0'], x1=b['x1'], y1=b['y1'], score=b['score']))
+            if b is None: rows.append(dict(file=r['file'], **{'class': r['class']}, prob=r['prob'], **_mm(r)))
+            else: rows.append(dict(file=r['file'], **{'class': b['class']}, prob=b['prob'], x0=b['x0'], y0=b['y0'], x1=b['x1'], y1=b['y1'], score=b['score'], **_mm(r, b)))
     df = pd.DataFrame(rows, columns=_cols)
     return df.astype({c: 'Int64' for c in ['x0','y0','x1','y1']})
 
@@ -110,7 +114,7 @@ def report_html(records:list, title:str='fastcam report', summary:dict=None) -> 
     if errs: parts.append("<h2>Errors</h2><table><tr><th>file</th><th>error</th></tr>" + ''.join(f"<tr><td>{_e(r['file'])}</td><td>{_e(r['error'])}</td></tr>" for r in errs) + "</table>")
     parts.append("<h2>Gallery</h2><p>sort by probability <button onclick='srt(-1)'>high first</button><button onclick='srt(1)'>low first</button></p><div class='g' id='g'>")
     for r in ok:
-        bx = '; '.join(f"{_e(b['class'])} ({b['x0']},{b['y0']})-({b['x1']},{b['y1']}) {b['score']:.2f}" for b in r.get('boxes') or []) or 'no box'
+        bx = '; '.join(f"{_e(b['class'])} ({b['x0']},{b['y0']})-({b['x1']},{b['y1']}) {b['score']:.2f}" + (f" {b['width_mm']:.1f} x {b['height_mm']:.1f} mm" if b.get('width_mm') is not None else '') for b in r.get('boxes') or []) or 'no box'
         parts.append(f"<div class='c' data-p='{r['prob']:.6f}'><a href='{_e(r['overlay'])}'><img src='{_e(r['overlay'])}' alt='{_e(r['file'])}'></a>"
                      f"<br><b>{_e(r['class'])}</b> {r['prob']:.3f}<br>{_e(r['file'])}<br>{bx}</div>")
     parts.append("</div></body></html>")

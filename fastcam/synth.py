@@ -192,6 +192,7 @@ def _uid(seed, i, what): return generate_uid(entropy_srcs=['fastcam.synth', str(
 def _dataset(c, seed, i, rescale):
     "A pydicom `Dataset` with file meta for case `c` (number `i` of the set made with `seed`)"
     slope,intercept = rescale
+    if (float(slope), float(intercept))!=(1., 0.): c = {**c, 'modality': 'CR'}   # the DX Image module allows only slope 1, intercept 0
     fm = FileMetaDataset()
     fm.MediaStorageSOPClassUID = _sop_classes[c['modality']]
     fm.MediaStorageSOPInstanceUID = _uid(seed, i, 'sop')
@@ -201,19 +202,39 @@ def _dataset(c, seed, i, rescale):
     ds.SOPClassUID,ds.SOPInstanceUID = fm.MediaStorageSOPClassUID,fm.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID,ds.SeriesInstanceUID = _uid(seed, i, 'study'),_uid(seed, i, 'series')
     ds.PatientID,ds.PatientName = f'FCS{seed}-{i:04d}',f'Synthetic^Case{i:04d}'
-    ds.StudyDate,ds.StudyID,ds.SeriesNumber,ds.InstanceNumber = '20240101','1',1,1
+    ds.PatientBirthDate,ds.PatientSex = '','O'    # Type 2: present, may be empty
+    ds.StudyDate,ds.StudyTime,ds.StudyID,ds.SeriesNumber,ds.InstanceNumber = '20240101','120000','1',1,1
+    ds.ReferringPhysicianName,ds.AccessionNumber = '',''
     ds.Modality,ds.BodyPartExamined,ds.ViewPosition = c['modality'],'CHEST','PA'
     ds.Manufacturer = 'fastcam.synth'
     ds.ImageType = ['ORIGINAL', 'PRIMARY']
-    if c['modality']=='DX': ds.PresentationIntentType = 'FOR PRESENTATION'
+    ds.PatientOrientation = ['L', 'F']   # a PA chest film: columns run to the patient's left, rows to the feet
+    ds.AnatomicRegionSequence = [_code('51185008', 'SCT', 'Chest')]
     ds.SamplesPerPixel,ds.PhotometricInterpretation = 1,'MONOCHROME2'
     ds.Rows,ds.Columns = c['rows'],c['cols']
     ds.BitsAllocated,ds.BitsStored,ds.HighBit,ds.PixelRepresentation = 16,c['bits_stored'],c['bits_stored']-1,0
     ds.PixelSpacing = [f"{c['spacing']:.3f}"]*2
     ds.RescaleSlope,ds.RescaleIntercept,ds.RescaleType = f'{slope:g}',f'{intercept:g}','US'
     ds.WindowCenter,ds.WindowWidth = _window(c['pixels'], slope, intercept)
+    if c['modality']=='DX': _dx_attributes(ds)
     ds.PixelData = c['pixels'].astype('<u2').tobytes()
     return ds
+
+def _code(value, scheme, meaning):
+    "A code sequence item"
+    d = Dataset()
+    d.CodeValue,d.CodingSchemeDesignator,d.CodeMeaning = value,scheme,meaning
+    return d
+
+def _dx_attributes(ds):
+    "What the DX Image, DX Detector, DX Anatomy Imaged and DX Positioning modules require of a 'FOR PRESENTATION' image"
+    ds.PresentationIntentType,ds.ImageLaterality = 'FOR PRESENTATION','U'   # the chest is unpaired
+    ds.PixelIntensityRelationship,ds.PixelIntensityRelationshipSign = 'LIN',-1   # bright = less X-ray reached the detector
+    ds.PresentationLUTShape,ds.LossyImageCompression,ds.BurnedInAnnotation = 'IDENTITY','00','NO'
+    ds.DetectorType,ds.PositionerType = '',''
+    ds.ImagerPixelSpacing = ds.PixelSpacing
+    ds.ViewCodeSequence = [_code('399348003', 'SCT', 'postero-anterior')]
+    ds.AcquisitionContextSequence = []
 
 # %% ../nbs/07_synth.ipynb #80eb4db4
 _box_cols = ['x0', 'y0', 'x1', 'y1']

@@ -88,7 +88,7 @@ def test_run_folder_with_bad_files(setup, ref):
     assert '62 done, 0 skipped (done before), 5 failed' in r.stdout
     assert len(list((out/'overlays').glob('*.png'))) == 62
     boxes = pd.read_csv(out/'boxes.csv')
-    assert list(boxes.columns) == ['file', 'class', 'prob', 'x0', 'y0', 'x1', 'y1', 'score']
+    assert list(boxes.columns) == ['file', 'class', 'prob', 'x0', 'y0', 'x1', 'y1', 'score', 'width_mm', 'height_mm', 'area_mm2', 'spacing_source']
     assert boxes.file.nunique() == 62
     errs = pd.read_csv(out/'errors.csv')
     assert sorted(Path(f).name for f in errs.file) == ['garbage.dcm', 'jpegls.dcm', 'nopixels.dcm', 'notes.dcm', 'truncated.dcm']
