@@ -32,9 +32,10 @@ setuptools.setup(
     include_package_data=True,
     python_requires='>=' + min_python,
     install_requires=cfg['requirements'].split(),
-    extras_require={'dev': cfg['dev_requirements'].split(),
-                    'dicom': cfg['dicom_requirements'].split(),           # decoders for compressed DICOM (MIT/Apache) and highdicom for DICOM outputs
-                    'dicom-gpl': cfg['dicom_gpl_requirements'].split()},  # 12-bit JPEG Extended needs libjpeg (GPL-3.0)
+    # every `NAME_requirements` of settings.ini is the extra `NAME` (underscores as dashes): dev, dicom (decoders and
+    # highdicom, MIT/Apache), dicom-gpl (12-bit JPEG Extended needs libjpeg, GPL-3.0), eval (pycocotools, OpenCV), ...
+    extras_require={k[:-len('_requirements')].replace('_', '-'): v.split() for k,v in cfg.items()
+                    if k.endswith('_requirements') and k!='requirements'},
     entry_points={'console_scripts': cfg['console_scripts'].split(),
                   'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
     zip_safe=False,

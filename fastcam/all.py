@@ -16,11 +16,12 @@ from .items import *
 from .boxes import *
 from .synth import *
 from .metrics import *
+from .protocols import *
 from .report import *
-import fastcam.hooks, fastcam.core, fastcam.methods, fastcam.guided, fastcam.items, fastcam.boxes, fastcam.synth, fastcam.metrics, fastcam.show, fastcam.callback, fastcam.report
+import fastcam.hooks, fastcam.core, fastcam.methods, fastcam.guided, fastcam.items, fastcam.boxes, fastcam.synth, fastcam.metrics, fastcam.protocols, fastcam.show, fastcam.callback, fastcam.report
 
 # %% ../nbs/99_all.ipynb #1e84afa6
-__all__ = [n for m in ('hooks', 'core', 'methods', 'guided', 'items', 'boxes', 'synth', 'metrics', 'show', 'callback', 'report')
+__all__ = [n for m in ('hooks', 'core', 'methods', 'guided', 'items', 'boxes', 'synth', 'metrics', 'protocols', 'show', 'callback', 'report')
            for n in __import__(f'fastcam.{m}', fromlist=['__all__']).__all__]
 from .show import *
 from .callback import *

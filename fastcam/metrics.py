@@ -105,9 +105,29 @@ def pointing_hits(maps, # maps at original resolution: a list of `[H_i, W_i]` (N
         res.append(float(_points_hit(pts, g, tolerance).all()))
     return torch.tensor(res, dtype=torch.float64)
 
-def pointing_game(maps, gt_boxes, tolerance:float=15) -> float:
-    "Pointing-game accuracy in %: hits / (hits + misses) over the maps that have ground-truth boxes"
-    h = pointing_hits(maps, gt_boxes, tolerance)
+def _protocol(protocol, ok=('fastcam', 'wsol')):
+    if protocol not in ok: raise ValueError(f"protocol={protocol!r}: use {' or '.join(repr(p) for p in ok)}")
+    return protocol
+
+def pointing_game(maps, # maps at original resolution: a list of `[H_i, W_i]` (NaN = unseen) or `[N, H, W]`
+                  gt_boxes, # per map, ground-truth boxes `[K_i, 4]` (empty or None: skipped)
+                  tolerance:float=15, # pixels: a hit when the maximum is within this distance of a box
+                  classes=None, # per map, its class: the accuracy is the mean of the per-class accuracies (as TorchRay and the paper)
+                  difficult=None, # per map, True to count it: e.g. the EBP "difficult" subset's flags
+                  protocol:str='fastcam') -> float: # 'fastcam', or 'torchray' (first argmax, strict tolerance; needs `classes`)
+    "Pointing-game accuracy in %: hits / (hits + misses) over the maps with ground-truth boxes, pooled, or averaged per class"
+    if _protocol(protocol, ('fastcam', 'torchray'))=='torchray':
+        if classes is None: raise ValueError("protocol='torchray' averages per class: give classes=, one class per map")
+        from fastcam.protocols import torchray_pointing_hits
+        h = torchray_pointing_hits(maps, gt_boxes, tolerance)
+    else: h = pointing_hits(maps, gt_boxes, tolerance)
+    if difficult is not None:
+        keep = torch.as_tensor(list(difficult), dtype=torch.bool)
+        if len(keep)!=len(h): raise ValueError(f"difficult has {len(keep)} flags for {len(h)} maps; give one per map")
+        h = torch.where(keep, h, torch.full_like(h, float('nan')))
+    if classes is not None:
+        from fastcam.protocols import class_mean
+        return 100*class_mean(h, classes)[0]
     h = h[~h.isnan()]
     if not len(h): raise ValueError("no map has a ground-truth box: the pointing game needs at least one")
     return 100*h.mean().item()
@@ -179,21 +199,25 @@ def box_acc_curves(maps, # maps at original resolution: a list of `[H_i, W_i]` (
     if n==0: raise ValueError("no map has a ground-truth box: BoxAcc needs at least one")
     return tuple(100*hits/n)
 
-def box_acc_curve(maps, gt_boxes, thresholds=0.01, iou_thresholds=(0.5,), all_components:bool=False) -> Tensor:
+def box_acc_curve(maps, gt_boxes, thresholds=0.01, iou_thresholds=(0.5,), all_components:bool=False,
+                  protocol:str='fastcam') -> Tensor: # 'fastcam', or 'wsol': wsolevaluation's evaluation.py (`fastcam.protocols`)
     "BoxAcc in %, `[len(iou_thresholds), len(thresholds)]`: the share of maps with ground truth whose box(es) at tau match a ground-truth box with IoU >= delta"
+    if _protocol(protocol)=='wsol':
+        from fastcam.protocols import wsol_box_acc_curve
+        return wsol_box_acc_curve(maps, gt_boxes, thresholds, iou_thresholds, multi_contour=all_components)
     return box_acc_curves(maps, gt_boxes, thresholds, iou_thresholds)[int(all_components)]
 
 def box_acc(maps, gt_boxes, threshold:float, iou_threshold:float=0.5, all_components:bool=False) -> float:
     "BoxAcc(tau, delta) in %: maps whose box at CAM threshold `threshold` has IoU >= `iou_threshold` with a ground-truth box"
     return box_acc_curve(maps, gt_boxes, [threshold], [iou_threshold], all_components)[0,0].item()
 
-def max_box_acc(maps, gt_boxes, iou_threshold:float=0.5, thresholds=0.01) -> float:
-    "MaxBoxAcc in %: BoxAcc of the largest component's box at the best CAM threshold"
-    return box_acc_curve(maps, gt_boxes, thresholds, [iou_threshold]).max().item()
+def max_box_acc(maps, gt_boxes, iou_threshold:float=0.5, thresholds=0.01, protocol:str='fastcam') -> float:
+    "MaxBoxAcc in %: BoxAcc of the largest component's box at the best CAM threshold (`protocol='wsol'`: as wsolevaluation)"
+    return box_acc_curve(maps, gt_boxes, thresholds, [iou_threshold], protocol=protocol).max().item()
 
-def max_box_acc_v2(maps, gt_boxes, iou_thresholds=(0.3, 0.5, 0.7), thresholds=0.01) -> float:
+def max_box_acc_v2(maps, gt_boxes, iou_thresholds=(0.3, 0.5, 0.7), thresholds=0.01, protocol:str='fastcam') -> float:
     "MaxBoxAccV2 in %: the mean over `iou_thresholds` of the best BoxAcc over CAM thresholds, with the boxes of all components"
-    return box_acc_curve(maps, gt_boxes, thresholds, iou_thresholds, all_components=True).amax(1).mean().item()
+    return box_acc_curve(maps, gt_boxes, thresholds, iou_thresholds, all_components=True, protocol=protocol).amax(1).mean().item()
 
 # %% ../nbs/09_metrics.ipynb #735fcc62
 box_thresholds = tuple(np.round(np.arange(0.3, 0.951, 0.05), 2).tolist())
@@ -239,26 +263,33 @@ def average_precision(scores, # scores, any shape (higher = more likely positive
     return (torch.diff(rec, prepend=rec.new_zeros(1))*prec).sum().item()
 
 # %% ../nbs/09_metrics.ipynb #f15189af
-def _check_mask(m, msk) -> np.ndarray:
+def _check_mask(m, msk, ignore_value=None) -> tuple:
+    "`(foreground, counted)` boolean arrays of mask `msk` for map `m`; pixels equal to `ignore_value` are not counted"
     msk = msk.detach().cpu().numpy() if isinstance(msk, Tensor) else np.asarray(msk)
     if msk.shape!=tuple(np.shape(m)): raise ValueError(f"a mask of shape {msk.shape} for a map of shape {tuple(np.shape(m))}; masks must be at the map's (original) resolution")
-    return msk!=0
+    counted = np.ones(msk.shape, bool) if ignore_value is None else msk!=ignore_value
+    return (msk!=0) & counted,counted
 
 def pxap(maps, # maps at original resolution: a list of `[H_i, W_i]` (NaN = unseen) or `[N, H, W]`
          masks, # per map, a ground-truth mask of the same shape (nonzero = foreground; all zero for a negative image)
-         thresholds=0.01) -> float: # CAM thresholds or their step (streamed counts), or None: exact, at every distinct score
+         thresholds=0.01, # CAM thresholds or their step (streamed counts), or None: exact, at every distinct score
+         ignore_value:int=None, # mask value of pixels to leave out (wsolevaluation: 255); None counts every pixel
+         protocol:str='fastcam') -> float: # 'fastcam', or 'wsol': wsolevaluation's evaluation.py (masks: 1 fg, 0 bg, 255 ignored)
     "PxAP in %: the average precision of every pixel's normalised map value as a score for the ground-truth masks"
+    if _protocol(protocol)=='wsol':
+        from fastcam.protocols import wsol_pxap
+        return wsol_pxap(maps, masks, 0.01 if thresholds is None else thresholds)
     maps,masks = _with_gt(maps, masks, 'masks')
+    fc = [_check_mask(m, k, ignore_value) for m,k in zip(maps, masks)]
     if thresholds is None:
-        s = np.concatenate([_minmax(m)[0].ravel() for m in maps])
-        return 100*average_precision(torch.from_numpy(s), torch.from_numpy(np.concatenate([_check_mask(m, k).ravel() for m,k in zip(maps, masks)])))
+        s = np.concatenate([_minmax(m)[0][c] for m,(_,c) in zip(maps, fc)])
+        return 100*average_precision(torch.from_numpy(s), torch.from_numpy(np.concatenate([f[c] for f,c in fc])))
     thr = np.sort(cam_thresholds(thresholds))
     T = len(thr)+1
     counts = np.zeros(2*T, dtype=np.int64)           # [background bins, foreground bins]; bin 0: below every threshold
-    for m,k in zip(maps, masks):
-        k = _check_mask(m, k).ravel()
-        b = np.searchsorted(thr, _minmax(m)[0].ravel(), side='right')
-        counts += np.bincount(b + T*k, minlength=2*T)
+    for m,(f,c) in zip(maps, fc):
+        b = np.searchsorted(thr, _minmax(m)[0][c], side='right')
+        counts += np.bincount(b + T*f[c], minlength=2*T)
     neg,pos = torch.from_numpy(counts[:T]).double(),torch.from_numpy(counts[T:]).double()
     if pos.sum()==0: raise ValueError("no mask has a foreground pixel: PxAP needs at least one")
     tp,fp = pos[1:].flip(0).cumsum(0),neg[1:].flip(0).cumsum(0)     # from the highest threshold down
