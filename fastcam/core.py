@@ -6,7 +6,7 @@ Docs: https://fastcam.github.io/fastcam/core.html.md"""
 
 # %% ../nbs/01_core.ipynb #1ee57100
 from __future__ import annotations
-import difflib, weakref
+import difflib, re, weakref
 from contextlib import contextmanager, ExitStack
 import torch, torch.nn.functional as F
 from torch import nn, Tensor
@@ -15,10 +15,10 @@ from fastai.learner import Learner
 from .hooks import _first_tensor
 
 # %% auto #0
-__all__ = ['eval_mode', 'module_name', 'trace_modules', 'auto_layer', 'find_layer', 'head_kind', 'out_probs', 'class_scores',
-           'resolve_targets', 'CamResult', 'normalize_maps', 'upsample_maps', 'Gathered', 'gap_linear_head',
-           'CamSession', 'gather', 'needs_grad', 'cam_result', 'several_layers', 'fuse_cams', 'unmirror', 'cam',
-           'learner_cam']
+__all__ = ['eval_mode', 'module_name', 'input_channels', 'trace_modules', 'auto_layer', 'find_layer', 'head_kind', 'out_probs',
+           'class_scores', 'resolve_targets', 'CamResult', 'normalize_maps', 'upsample_maps', 'Gathered',
+           'gap_linear_head', 'CamSession', 'gather', 'needs_grad', 'cam_result', 'several_layers', 'fuse_cams',
+           'unmirror', 'cam', 'learner_cam']
 
 # %% ../nbs/01_core.ipynb #3d52256d
 @contextmanager
@@ -61,6 +61,20 @@ def _by_name(model, name):
     close = difflib.get_close_matches(name, [n for n in mods if n], n=5)
     raise ValueError(f"layer '{name}' is not a module of the model" + (f"; did you mean one of {close}?" if close else "; see model.named_modules() for names"))
 
+# %% ../nbs/01_core.ipynb #8f2adf34
+def input_channels(model:nn.Module) -> int|None:
+    "Channels of the images `model` takes: its first convolution's input channels (None if it has none)"
+    c = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Conv3d))), None)
+    return getattr(c, 'in_channels', None)
+
+def _forward(model, xb):
+    "`model(xb)`; a batch with the wrong number of channels gets a one-line error saying what the model takes"
+    try: return model(xb)
+    except RuntimeError as e:
+        m = re.search(r'expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels', str(e))
+        if m is None: raise
+        raise ValueError(f"the model takes {m[1]}-channel images but got a batch of shape {list(xb.shape)} ({m[2]} channels); give [B, {m[1]}, H, W] batches, or pass the images themselves (files, PIL images, arrays) to learn.cam, which converts them as the learner's DataLoaders do") from None
+
 # %% ../nbs/01_core.ipynb #e6fefa77
 _traces = weakref.WeakKeyDictionary()
 
@@ -74,7 +88,7 @@ def trace_modules(model:nn.Module, xb:Tensor) -> list:
     def _hook(n): return lambda m,i,o: rec.append((n, None if _first_tensor(o) is None else tuple(_first_tensor(o).shape)))
     try:
         for n,m in model.named_modules(): hooks.append(m.register_forward_hook(_hook(n)))
-        with torch.no_grad(), eval_mode(model): model(xb[:1])
+        with torch.no_grad(), eval_mode(model): _forward(model, xb[:1])
     finally:
         for h in hooks: h.remove()
     cache[key] = rec
@@ -386,7 +400,7 @@ def gather(model:nn.Module, xb:Tensor, layers:list, target=None, vocab=None, mul
     xb = _as_batch(xb)
     xb = xb.to(_model_device(model, xb))
     with CamSession(model, layers, need_grad, xb) as s:
-        return s.gather(_first_tensor(model(xb)), target, vocab, multi_label, xb, mirrored)
+        return s.gather(_first_tensor(_forward(model, xb)), target, vocab, multi_label, xb, mirrored)
 
 # %% ../nbs/01_core.ipynb #d4e87d5d
 def _method(method):
@@ -452,10 +466,12 @@ def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:
     "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `(dls or learn.dls).test_dl`"
     kw = dict(layer=layer, method=method, vocab=_vocab(learn), multi_label=_learner_multi_label(learn), fused=fused, tta=tta, **kwargs)
     if isinstance(x, Tensor) and x.ndim==4: return cam(learn.model, x, target=target, **kw)
-    from fastcam.items import check_items
+    from fastcam.items import check_items, learner_item
     items = list(x) if isinstance(x, (list, tuple)) else [x]
     if not items: raise ValueError("no items to explain: the list is empty")
     sizes = [i.size for i in check_items(items)]
+    mode = {1: 'L', 3: 'RGB'}.get(input_channels(learn.model))   # arrays, tensors, PIL images: opened as the learner's files are
+    items = [learner_item(o, mode) for o in items]
     if isinstance(target, (list, tuple, Tensor)) and len(target)!=len(items):
         raise ValueError(f"target has {len(target)} entries for {len(items)} items; give one per item (a list per item, like [['a','b']], for several classes of one item), or one for all")
     dls = dls or learn.dls

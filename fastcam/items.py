@@ -7,6 +7,7 @@ Docs: https://fastcam.github.io/fastcam/items.html.md"""
 # %% ../nbs/04_items.ipynb #9fd640ee
 from __future__ import annotations
 import io, os, warnings
+from contextlib import contextmanager
 from collections import namedtuple
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -27,10 +28,10 @@ from fastai.vision.core import PILBase, PILImage, PILImageBW, TensorImageBW
 from fastai.medical.imaging import dicom_windows
 
 # %% auto #0
-__all__ = ['ITEM_ERRORS', 'ItemInfo', 'ItemError', 'is_dicom', 'install_hint', 'dicom_decoders', 'check_item', 'item_error',
-           'check_items', 'original_size', 'window_array', 'resolve_window', 'apply_window', 'read_dicom',
-           'decode_item', 'DicomImage', 'TensorDicomBW', 'DicomImageBW', 'DicomOpen', 'DicomBlock', 'show_dicom',
-           'open_item']
+__all__ = ['ITEM_ERRORS', 'ItemInfo', 'ItemError', 'is_dicom', 'install_hint', 'dicom_decoders', 'without_decoders', 'check_item',
+           'item_error', 'check_items', 'original_size', 'window_array', 'resolve_window', 'apply_window', 'read_dicom',
+           'array_image', 'decode_item', 'DicomImage', 'TensorDicomBW', 'DicomImageBW', 'DicomOpen', 'DicomBlock',
+           'show_dicom', 'open_item', 'learner_item']
 
 # %% ../nbs/04_items.ipynb #3ca163c2
 ITEM_ERRORS = {'missing': "the file doesn't exist",
@@ -134,6 +135,20 @@ def dicom_decoders() -> pd.DataFrame:
         rows.append(dict(transfer_syntax=ts.name, uid=str(ts), available=dec.is_available,
                          plugins=', '.join(dec.available_plugins), install=install_hint(ts)))
     return pd.DataFrame(rows)
+
+# %% ../nbs/04_items.ipynb #32471f37
+@contextmanager
+def without_decoders(*tss):
+    "Within the block, pydicom finds no decoder plugin for transfer syntaxes `tss` (UIDs; every compressed one in `_install` if none given)"
+    saved = []
+    for ts in (tss or tuple(_install)):
+        dec = get_decoder(_uid.UID(ts))
+        saved.append((dec, dict(dec._available), dict(dec._unavailable)))   # pydicom keeps a decoder's plugins in these two dicts
+        dec._unavailable.update({k: ('(hidden by fastcam.items.without_decoders)',) for k in dec._available})
+        dec._available.clear()
+    try: yield
+    finally:
+        for dec,avail,unavail in saved: dec._available.update(avail); dec._unavailable.clear(); dec._unavailable.update(unavail)
 
 # %% ../nbs/04_items.ipynb #1472e020
 def _decoder_problem(ts, ds) -> str|None:
@@ -372,6 +387,25 @@ def read_dicom(fn, # path (or bytes) of a DICOM file
         hint = f"; another decoder may read it: {install_hint(ts)}" if _install.get(ts) and get_decoder(ts).missing_dependencies else ''
         raise ItemError(fn, 'corrupt', f"DICOM pixel data can't be decoded ({ts.name}){hint}: {type(e).__name__}: {e}") from None
 
+# %% ../nbs/04_items.ipynb #e39ea291
+def array_image(x, # `[H, W]`; a tensor `[C, H, W]`, an array `[H, W, C]`; C is 1 or 3
+                mode:str=None) -> Image.Image: # 'L' or 'RGB' to convert to, as fastai opens files for a learner; None keeps the channels
+    "The PIL image of array or tensor `x`: uint8 as is, floats in 0..1 times 255, other integers through the percentile window"
+    _check_array(x)
+    a = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    if isinstance(x, Tensor) and a.ndim==3: a = a.transpose(1, 2, 0)
+    if a.ndim==3 and a.shape[2]==1: a = a[..., 0]
+    if a.dtype==np.bool_: a = a.astype(np.uint8)*255
+    elif a.dtype.kind=='f':
+        if not np.isfinite(a).all(): raise ItemError(x, 'unsupported', "has NaN or infinite values; give an image with values in 0..1 or 0..255 (uint8)")
+        lo,hi = float(a.min()),float(a.max())
+        if lo < 0 or hi > 1:
+            raise ItemError(x, 'unsupported', f"float values from {lo:.3g} to {hi:.3g}: give an image in 0..1 (or uint8 in 0..255); an input already normalised for the model goes as a batch [1, C, H, W]")
+        a = np.round(a*255).astype(np.uint8)
+    elif a.dtype!=np.uint8: a = np.round(apply_window(a, window='percentile')*255).astype(np.uint8)
+    im = Image.fromarray(np.ascontiguousarray(a))
+    return im.convert(mode) if mode and im.mode!=mode else im
+
 # %% ../nbs/04_items.ipynb #e6502f77
 _wide_modes = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I', 'F')
 
@@ -398,7 +432,8 @@ def _open(cls, fn, window):
     "`cls` from item `fn`: DICOM through `read_dicom`, image files and bytes through PIL, PIL images and arrays as fastai does"
     kind,x = decode_item(fn, window) if isinstance(fn, (str, os.PathLike, bytes, bytearray)) else (check_item(fn).kind,fn)
     if kind=='dicom': return cls(Image.fromarray(x).convert(cls._open_args['mode']))
-    try: return PILBase.create.__func__(cls, x) if kind=='tensor' else _from_pil(cls, x)
+    try: return _from_pil(cls, array_image(x) if kind=='tensor' else x)
+    except ItemError: raise
     except Exception as e: raise _decode_error(fn, e) from None
 
 class DicomImage(PILImage):
@@ -462,3 +497,11 @@ def open_item(item, window=None, bw:bool=False):
     if info.kind=='tensor': return item
     if info.kind=='dicom': return _open(DicomImageBW if bw else DicomImage, item, window)
     return _open(PILImageBW if bw else PILImage, item, None)
+
+# %% ../nbs/04_items.ipynb #a0ff3434
+def learner_item(item, mode:str=None):
+    "`item` as a learner whose images have `mode` ('L', 'RGB' or None: unknown) should get it: arrays and tensors as PIL images, PIL images in `mode`"
+    if isinstance(item, (Tensor, ndarray)): return array_image(item, mode)
+    if isinstance(item, Image.Image) and mode and item.mode!=mode:
+        return _from_pil(PILImageBW if mode=='L' else PILImage, item)
+    return item

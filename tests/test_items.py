@@ -304,3 +304,30 @@ def test_pydicom_test_files_open_or_raise_one_line_errors():
     print(f'\n{opened} opened; clean errors: {dict(kinds)}')
     assert opened >= 60
     assert {'no_pixels', 'multiframe', 'not_image', 'unreadable', 'truncated'} <= set(kinds)
+
+# --- the docs read the same with and without the optional decoders (issue 14 item 7) ---
+
+def _items_nb_upto(marker):
+    "The code of nbs/04_items.ipynb's cells, from the first to the one holding `marker`"
+    import json
+    cells = json.loads((Path(__file__).parents[1]/'nbs'/'04_items.ipynb').read_text())['cells']
+    code = [''.join(c['source']) for c in cells if c['cell_type']=='code']
+    end = next(i for i,s in enumerate(code) if marker in s)
+    return '\n'.join(code[:end+1])
+
+@pytest.mark.parametrize('decoder', ['as installed', 'hidden', 'present'])
+def test_items_notebook_bad_files_cells_with_and_without_jpegls_decoder(decoder, monkeypatch, capsys):
+    "The notebook's bad-files example runs whether or not a JPEG-LS decoder is installed (it used to expect none)"
+    from fastcam.items import without_decoders
+    dec = get_decoder(JPEGLSLossless)
+    before = dec.is_available
+    if decoder=='present' and not dec.is_available: monkeypatch.setitem(dec._available, 'fake', lambda *a, **k: None); before = True   # checks never decode
+    src = _items_nb_upto("test_eq(item_error(jls) is None, get_decoder(_uid.JPEGLSLossless).is_available)")
+    ns = {'__name__': '__nb__'}
+    if decoder=='hidden':
+        with without_decoders(JPEGLSLossless): exec(compile(src, '04_items', 'exec'), ns)
+    else: exec(compile(src, '04_items', 'exec'), ns)
+    out = capsys.readouterr().out
+    assert 'no_decoder  MR_small_jpeg_ls_lossless.dcm: ' in out and 'pip install' in out   # the example's message, shown in every case
+    ns['tmp'].cleanup()
+    assert dec.is_available == before   # without_decoders gave the plugins back
