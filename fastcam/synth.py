@@ -65,16 +65,32 @@ def _anatomy(rows, cols, rng):
 
 # %% ../nbs/07_synth.ipynb #8dc36617
 _FONT = {'L': ["10000","10000","10000","10000","10000","10000","11111"],
-         'R': ["11110","10001","10001","11110","10100","10010","10001"]}
+         'R': ["11110","10001","10001","11110","10100","10010","10001"],
+         'A': ["01110","10001","10001","11111","10001","10001","10001"],
+         'P': ["11110","10001","10001","11110","10000","10000","10000"],
+         'T': ["11111","00100","00100","00100","00100","00100","00100"],
+         'O': ["01110","10001","10001","10001","10001","10001","01110"]}
 
 def _disc(yy, xx, cy, cx, r):
     "A disc of radius `r` with a one-pixel soft edge"
     return np.clip(r + 0.5 - np.sqrt((yy-cy)**2 + (xx-cx)**2), 0, 1)
 
 def _letter(img, ch, y, x, k, v):
-    "Burn letter `ch`, scaled `k` times, into `img` at (y, x) with value `v`"
+    "Burn letter `ch`, scaled `k` times, into `img` at (y, x) with value `v` (clipped at the image's border)"
     g = np.kron(np.array([[c=='1' for c in r] for r in _FONT[ch]]), np.ones((k, k), bool))
+    y,x = max(0, y),max(0, x)
+    g = g[:img.shape[0]-y, :img.shape[1]-x]
     img[y:y+g.shape[0], x:x+g.shape[1]][g] = v
+
+_WORDS = ('AP', 'PA', 'PORT', 'LAT', 'TOP', 'APR')
+
+def _text(img, rng):
+    "Burn a short word (as a portable-film label) in a 1x font at a random spot along the top or bottom edge"
+    w = _WORDS[int(rng.integers(len(_WORDS)))]
+    rows,cols = img.shape
+    y = int(rng.integers(2, 6)) if rng.random() < 0.5 else rows-9-int(rng.integers(0, 4))
+    x,v = int(rng.integers(2, max(3, cols-6*len(w)-2))),rng.uniform(0.85, 1.0)
+    for k,ch in enumerate(w): _letter(img, ch, y, x+6*k, 1, v)
 
 # %% ../nbs/07_synth.ipynb #94bf6eae
 def lesion_box(cy:float, cx:float, # centre of the lesion, in pixel indices
@@ -96,13 +112,39 @@ def _fits(mask, hy, hx):
     return out
 
 # %% ../nbs/07_synth.ipynb #a666d33a
+def _rng_range(r, rng, integer=False):
+    "A draw from the range `r` = `(lo, hi)`, or `lo` without touching `rng` when `lo == hi` (defaults then draw nothing new)"
+    lo,hi = r
+    if lo==hi: return lo
+    return int(rng.integers(lo, hi+1)) if integer else rng.uniform(lo, hi)
+
+def _place(free, side, d, e, rows, cols, rng):
+    "`(cy, cx, sy, sx)` of a lesion of mean diameter `d` and elongation `e` whose box fits in `free` (in the `side` half when it can), shrunk until it fits"
+    while True:
+        sx,sy = d*e/4,d/e/4
+        ok = _fits(free, math.ceil(2*sy)+1, math.ceil(2*sx)+1)
+        if (ok & side).any(): ok &= side; break
+        if d < 6:
+            if ok.any(): break
+            raise ValueError(f"no room for a lesion in a {rows}x{cols} image; use larger images")
+        d *= 0.9
+    idx = np.flatnonzero(ok)
+    cy,cx = np.unravel_index(idx[rng.integers(len(idx))], ok.shape)
+    return float(cy) + rng.uniform(-0.5, 0.5),float(cx) + rng.uniform(-0.5, 0.5),sy,sx
+
 def synth_xray(rows:int, cols:int, # image size
                lesion:bool, # draw a lesion (the positive class)?
                rng:np.random.Generator, # random generator (or a seed), the only source of randomness
                bits_stored:int=12, # stored values run from 0 to 2**bits_stored-1
                diameter:tuple=(18, 64), # range of the lesion's mean diameter (its box's side) in pixels
                contrast:tuple=(0.12, 0.22), # range of the lesion's peak brightness, in units of the full range
-               masks:bool=False): # also return the lung mask
+               masks:bool=False, # also return the lung mask
+               area:tuple=None, # range of the lesion box's area as a fraction of the image's (e.g. (0.005, 0.05)); replaces `diameter`
+               lesions:tuple=(1, 1), # range of the number of lesions of a positive; above 1, the boxes come as a list
+               sharpness:tuple=(2, 2), # range of the lesion profile's order k in exp(-r^(2k)/8): 1 a soft Gaussian, 2 a nodule, 4 a flat top with a sharp edge
+               dots:tuple=(0, 3), # range of the number of electrode dots (distractors in both classes)
+               marker:float=0.8, # probability of an L/R lead marker
+               text:float=0.): # probability of a short word along the top or bottom edge
     "`(pixels, box)`: stored values `uint16 [rows, cols]` and the lesion's `(x0, y0, x1, y1)` or None (and the lung mask)"
     rng = np.random.default_rng(rng)
     a = _anatomy(rows, cols, rng)
@@ -111,33 +153,29 @@ def synth_xray(rows:int, cols:int, # image size
     img += 0.025*smooth_noise(rng, rows, cols, 24) + 0.015*smooth_noise(rng, rows, cols, 8)*a['lung']
     img += 0.006*rng.standard_normal((rows, cols), dtype=np.float32)
     free = a['lung'] > 0.85
-    for _ in range(rng.integers(0, 4)):
+    for _ in range(rng.integers(dots[0], dots[1]+1)):
         ey,ex,er = rng.uniform(0.15, 0.8)*rows, rng.uniform(0.12, 0.88)*cols, rng.uniform(2.5, 4.5)
         img += 0.35*_disc(yy, xx, ey, ex, er)
         free &= (yy-ey)**2 + (xx-ex)**2 > (er+4)**2
-    if rng.random() < 0.8:
+    if rng.random() < marker:
         k,m = int(rng.integers(2, 4)),int(rng.integers(4, 14))
         y = m if rng.random() < 0.7 else rows-m-7*k
         x = m if rng.random() < 0.5 else cols-m-5*k
         _letter(img, 'LR'[int(rng.integers(0, 2))], y, x, k, rng.uniform(0.9, 1.0))
+    if text and rng.random() < text: _text(img, rng)
     gain,offset = rng.uniform(0.85, 1.1),rng.uniform(-0.02, 0.03)
-    box = None
+    boxes = []
     if lesion:
-        d,e = rng.uniform(*diameter),rng.uniform(0.9, 1.1)
-        side = (np.arange(cols) < cols//2) ^ (rng.random() < 0.5)   # the image's left or right lung, alike
-        while True:
-            sx,sy = d*e/4,d/e/4
-            ok = _fits(free, math.ceil(2*sy)+1, math.ceil(2*sx)+1)
-            if (ok & side).any(): ok &= side; break
-            if d < 6:
-                if ok.any(): break
-                raise ValueError(f"no room for a lesion in a {rows}x{cols} image; use larger images")
-            d *= 0.9
-        idx = np.flatnonzero(ok)
-        cy,cx = np.unravel_index(idx[rng.integers(len(idx))], ok.shape)
-        cy,cx = float(cy) + rng.uniform(-0.5, 0.5),float(cx) + rng.uniform(-0.5, 0.5)
-        img += rng.uniform(*contrast)*np.exp(-(((yy-cy)/sy)**2 + ((xx-cx)/sx)**2)**2/8)
-        box = lesion_box(cy, cx, sy, sx, rows, cols)
+        for j in range(_rng_range(lesions, rng, integer=True)):
+            d = rng.uniform(*diameter) if area is None else math.sqrt(rng.uniform(*area)*rows*cols)
+            e = rng.uniform(0.9, 1.1)
+            side = (np.arange(cols) < cols//2) ^ (rng.random() < 0.5)   # the image's left or right lung, alike
+            cy,cx,sy,sx = _place(free, side, d, e, rows, cols, rng)
+            k = _rng_range(sharpness, rng)
+            img += rng.uniform(*contrast)*np.exp(-(((yy-cy)/sy)**2 + ((xx-cx)/sx)**2)**k/8)
+            boxes.append(lesion_box(cy, cx, sy, sx, rows, cols))
+            free &= ((yy-cy)/(3*sy))**2 + ((xx-cx)/(3*sx))**2 > 1   # a second lesion keeps clear of this one
+    box = boxes if lesions[1] > 1 else (boxes[0] if boxes else None)
     px = np.round(np.clip(img*gain + offset, 0, 1)*(2**bits_stored-1)).astype(np.uint16)
     return (px, box, a['lung'] > 0.5) if masks else (px, box)
 
@@ -159,15 +197,15 @@ def _pick(options, rng):
     "One of `options`, with exactly one draw from `rng` however many there are"
     return list(options)[int(rng.random()*len(options))]
 
-def _case(i, seed, lesion, size, bits_stored, modality, diameter, contrast):
-    "Scanner settings, pixels and box of case `i`"
+def _case(i, seed, lesion, size, bits_stored, modality, diameter, contrast, **opts):
+    "Scanner settings, pixels and box of case `i` (`opts` go to `synth_xray`)"
     rng = np.random.default_rng([seed, i])
     short,long = (round(s*rng.uniform(0.92, 1.08)) for s in size)
     if long==short: long += 1
     rows,cols = (long,short) if rng.random() < 0.5 else (short,long)
     c = dict(rows=rows, cols=cols, bits_stored=int(_pick(bits_stored, rng)), modality=str(_pick(modality, rng)),
              spacing=round(rng.uniform(1.3, 1.5), 3))
-    c['pixels'],c['box'] = synth_xray(rows, cols, lesion, rng, c['bits_stored'], diameter, contrast)
+    c['pixels'],c['box'] = synth_xray(rows, cols, lesion, rng, c['bits_stored'], diameter, contrast, **opts)
     return c
 
 # %% ../nbs/07_synth.ipynb #bbda8e9b
@@ -239,30 +277,43 @@ def _dx_attributes(ds):
 # %% ../nbs/07_synth.ipynb #80eb4db4
 _box_cols = ['x0', 'y0', 'x1', 'y1']
 
-def _make_set(path, n, seed, fmt, valid_pct, classes, size, bits_stored, modality, rescale, diameter, contrast, folder):
+def _boxes_of(box):
+    "The list of boxes of a case: none, its one box, or its list of boxes"
+    return [] if box is None else box if isinstance(box, list) else [box]
+
+def _make_set(path, n, seed, fmt, valid_pct, classes, size, bits_stored, modality, rescale, diameter, contrast, folder, opts=None):
     if n < 1: raise ValueError(f"n={n}: a set needs at least one image")
     if not (isinstance(seed, (int, np.integer)) and seed >= 0): raise ValueError(f"seed={seed!r}: use a non-negative int")
     if len(classes)!=2: raise ValueError(f"classes={classes!r}: give two names, negative first")
     path = Path(path)
     (path/folder).mkdir(parents=True, exist_ok=True)
     pos,valid = _labels(n, seed, valid_pct)
-    w,rows = max(3, len(str(n-1))),[]
+    w,rows,extra = max(3, len(str(n-1))),[],[]
     for i in range(n):
-        c = _case(i, seed, bool(pos[i]), size, bits_stored, modality, diameter, contrast)
+        c = _case(i, seed, bool(pos[i]), size, bits_stored, modality, diameter, contrast, **(opts or {}))
         f = f'{folder}/case_{i:0{w}d}.{fmt}'
         if fmt=='dcm': _dataset(c, seed, i, rescale).save_as(path/f, enforce_file_format=True)
         else:
             center,width = _window(c['pixels'], *rescale)
             Image.fromarray(windowed(c['pixels'], center, width, *rescale)).save(path/f)
         rows.append(dict(file=f, label=classes[int(pos[i])], is_valid=bool(valid[i]), rows=c['rows'], cols=c['cols'],
-                         **dict(zip(_box_cols, c['box'] or [None]*4))))
+                         **dict(zip(_box_cols, (_boxes_of(c['box']) or [[None]*4])[0]))))
+        extra += [dict(file=f, label=classes[1], **dict(zip(_box_cols, b))) for b in _boxes_of(c['box'])[1:]]
     df = pd.DataFrame(rows)
     df[_box_cols] = df[_box_cols].astype('Int64')
     df[['file', 'label', 'is_valid', 'rows', 'cols']].to_csv(path/'labels.csv', index=False)
-    df.loc[df.x0.notna(), ['file', 'label', *_box_cols]].to_csv(path/'boxes.csv', index=False)
+    bx = df.loc[df.x0.notna(), ['file', 'label', *_box_cols]]
+    if extra: bx = pd.concat([bx, pd.DataFrame(extra).astype({c: 'Int64' for c in _box_cols})]).sort_values('file', kind='stable')
+    bx.to_csv(path/'boxes.csv', index=False)
     return df
 
 # %% ../nbs/07_synth.ipynb #61bd41e3
+_gen_opts = ('area', 'lesions', 'sharpness', 'dots', 'marker', 'text')
+
+def _check_opts(opts):
+    bad = [k for k in opts if k not in _gen_opts]
+    if bad: raise TypeError(f"unknown generator option(s) {bad}: use {', '.join(_gen_opts)} (see `synth_xray`)")
+
 def make_dicom_set(path, # folder for the set; images go into `path/folder`, the CSVs into `path`
                    n:int=100, # number of images, half of them positive
                    seed:int=0, # the same seed gives the same files, byte for byte
@@ -274,15 +325,18 @@ def make_dicom_set(path, # folder for the set; images go into `path/folder`, the
                    rescale:tuple=(1.0, 0.0), # (`RescaleSlope`, `RescaleIntercept`)
                    diameter:tuple=(18, 64), # range of the lesion's diameter in pixels
                    contrast:tuple=(0.12, 0.22), # range of the lesion's peak brightness
-                   folder:str='images') -> pd.DataFrame: # subfolder of `path` for the images
-    "Write `n` synthetic chest X-rays as DICOM files with `labels.csv` and `boxes.csv`; return labels and boxes"
-    return _make_set(path, n, seed, 'dcm', valid_pct, classes, size, bits_stored, modality, rescale, diameter, contrast, folder)
+                   folder:str='images', # subfolder of `path` for the images
+                   **opts) -> pd.DataFrame: # more generator options of `synth_xray`: area, lesions, sharpness, dots, marker, text
+    "Write `n` synthetic chest X-rays as DICOM files with `labels.csv` and `boxes.csv`; return labels and (first) boxes"
+    _check_opts(opts)
+    return _make_set(path, n, seed, 'dcm', valid_pct, classes, size, bits_stored, modality, rescale, diameter, contrast, folder, opts)
 
 # %% ../nbs/07_synth.ipynb #89bf431e
 def make_png_set(path, n:int=100, seed:int=0, valid_pct:float=0.2, classes:tuple=('normal', 'nodule'), size:tuple=(250, 300),
-                 rescale:tuple=(1.0, 0.0), diameter:tuple=(18, 64), contrast:tuple=(0.12, 0.22), folder:str='images') -> pd.DataFrame:
+                 rescale:tuple=(1.0, 0.0), diameter:tuple=(18, 64), contrast:tuple=(0.12, 0.22), folder:str='images', **opts) -> pd.DataFrame:
     "The cases `make_dicom_set` makes with the same arguments, as windowed 8-bit grayscale PNGs, with `labels.csv` and `boxes.csv`"
-    return _make_set(path, n, seed, 'png', valid_pct, classes, size, (12, 16), ('CR', 'DX'), rescale, diameter, contrast, folder)
+    _check_opts(opts)
+    return _make_set(path, n, seed, 'png', valid_pct, classes, size, (12, 16), ('CR', 'DX'), rescale, diameter, contrast, folder, opts)
 
 # %% ../nbs/07_synth.ipynb #2db89f58
 def set_summary(path) -> str: # the folder given to `make_dicom_set` or `make_png_set`

@@ -277,3 +277,32 @@ def test_custom_classes_and_folder(tmp_path):
     df = make_png_set(tmp_path, n=4, seed=0, classes=('neg', 'pos'), folder='pngs')
     assert set(df.label) == {'neg', 'pos'}
     assert all((tmp_path/f).exists() and f.startswith('pngs/') for f in df.file)
+
+
+def test_generator_options(tmp_path):
+    "area, lesions, sharpness, text and 8-bit change what the options say, checked on the pixels; defaults stay as they were"
+    rows, cols = 100, 124
+    for s in range(6):
+        px, box = synth_xray(rows, cols, True, s, area=(0.01, 0.02))
+        x0, y0, x1, y1 = box
+        assert 0.006 < (x1-x0)*(y1-y0)/(rows*cols) < 0.03          # the box's share of the image, up to the elongation and rounding
+    px, boxes = synth_xray(rows, cols, True, 3, lesions=(2, 2), area=(0.01, 0.02), bits_stored=8)
+    neg, _ = synth_xray(rows, cols, False, 3, lesions=(2, 2), area=(0.01, 0.02), bits_stored=8)
+    assert isinstance(boxes, list) and len(boxes) == 2 and px.max() <= 255
+    d = px.astype(float) - neg
+    for x0, y0, x1, y1 in boxes: assert d[y0:y1, x0:x1].mean() > 3   # each lesion brightens its own box
+    # a sharper edge leaves less of the lesion outside its box than a Gaussian (k=1) one
+    outside = []
+    for k in (1, 4):
+        p, b = synth_xray(rows, cols, True, 5, sharpness=(k, k), area=(0.03, 0.03))
+        n, _ = synth_xray(rows, cols, False, 5, sharpness=(k, k), area=(0.03, 0.03))
+        dd = p.astype(float) - n; x0, y0, x1, y1 = b
+        outside.append(1 - dd[y0:y1, x0:x1].sum()/dd.sum())
+    assert outside[1] < outside[0] - 0.1, outside
+    a, _ = synth_xray(rows, cols, False, 2, text=1.0, marker=0., dots=(0, 0))
+    b, _ = synth_xray(rows, cols, False, 2, text=0., marker=0., dots=(0, 0))
+    assert (a != b).any() and (a[:12] != b[:12]).any() | (a[-12:] != b[-12:]).any()   # the word lies along the top or bottom edge
+    df = make_dicom_set(tmp_path, n=6, seed=2, size=(100, 124), lesions=(2, 2), area=(0.01, 0.02))
+    bx = pd.read_csv(tmp_path/'boxes.csv')
+    assert len(bx) == 2*(df.label == 'nodule').sum() and bx.groupby('file').size().eq(2).all()
+    with pytest.raises(TypeError, match="unknown generator option"): make_dicom_set(tmp_path/'x', n=2, blobs=3)

@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""Benchmark: weak localization across synthetic domains and model seeds, with one domain held out of all tuning.
+
+Each domain is a `fastcam.synth.make_dicom_set` generator setting (lesion area 0.5 to 5 % of the image, edge
+softness, one or two lesions, distractor dots, L/R markers and text in both classes, 8/12/16-bit, non-square
+sizes). For each domain and model seed a small XResNet (`fastcam.cli.small_xresnet`, GAP + linear head) is trained
+from scratch on the CPU (cached under bench/.cache/, an ignored folder), and every box recipe of a grid
+(method x layers x tta x threshold, `fastcam.tune.recipe_table`) is measured on the domain's validation files with
+target 'nodule': pointing, BoxAcc@0.5 of the top box, MaxBoxAccV2, COCO AP@0.5 (pycocotools), the box score's AUROC
+(hit vs miss) and seconds per item. Results are mean +- sd over (domain, seed) runs.
+
+The held-out domain is used for nothing but its own lines: the defaults are the recipe with the best mean BoxAcc
+over the tuning domains; the "tuned" line runs the tune step (`recipe_table` + `sort_recipes`, what
+`learn.tune_boxes` does) on `--labelled` labelled TRAINING files of the held-out domain and reports the chosen
+recipe on its validation files.
+
+Usage: python bench/localization.py [--quick] [--out bench/results/localization.md] [--jobs 2]
+"""
+from __future__ import annotations
+import argparse, hashlib, json, multiprocessing, os, sys, time, warnings
+from concurrent.futures import ProcessPoolExecutor
+warnings.filterwarnings('ignore')
+from pathlib import Path
+import numpy as np, pandas as pd, torch
+from fastai.torch_core import set_seed
+from fastai.learner import load_learner
+from fastcam.synth import make_dicom_set
+from fastcam.cli import synth_dls, gap_linear_learner
+from fastcam.tune import recipe_table, sort_recipes, default_recipe
+
+CACHE = Path(__file__).parent/'.cache'/'localization'
+base = dict(size=(96, 120), contrast=(0.15, 0.25))
+DOMAINS = {   # name -> make_dicom_set options; the last one is held out
+    'large_soft':  dict(area=(0.02, 0.05), sharpness=(1, 1.5), dots=(0, 3), bits_stored=(12, 16)),
+    'small_sharp': dict(area=(0.005, 0.015), sharpness=(3, 4), dots=(0, 3), bits_stored=(8, 12)),
+    'two_lesions': dict(area=(0.01, 0.04), lesions=(1, 2), dots=(0, 3), bits_stored=(16,)),
+    'shortcuts':   dict(area=(0.01, 0.03), dots=(3, 6), marker=1.0, text=1.0, bits_stored=(12,)),
+    'held_out':    dict(area=(0.005, 0.05), sharpness=(1, 4), lesions=(1, 2), dots=(1, 5), text=0.5, bits_stored=(8, 12, 16), size=(104, 128)),
+}
+HELD_OUT = 'held_out'
+FULL = dict(n=200, epochs=6, seeds=(0, 1, 2), methods=('gradcam', 'layercam', 'hirescam'), tta=(False, True),
+            thresholds=(0.4, 0.5, 0.6, 0.7, 0.8), labelled=24, domains=tuple(DOMAINS))
+QUICK = dict(n=64, epochs=2, seeds=(0,), methods=('gradcam', 'layercam'), tta=(False,), thresholds=(0.4, 0.7), labelled=8,
+             domains=('large_soft', HELD_OUT))
+METRICS = ['pointing', 'box_acc', 'max_box_acc_v2', 'ap50', 'score_auroc', 's_per_item']
+
+def domain_set(name, n):
+    "The domain's DICOM set (made once, cached); returns (folder, labels)"
+    opts = {**base, **DOMAINS[name]}
+    key = hashlib.sha1(json.dumps([opts, n]).encode()).hexdigest()[:8]
+    path = CACHE/f'{name}_{n}_{key}'
+    if (path/'labels.csv').exists(): return path,pd.read_csv(path/'labels.csv')
+    seed = list(DOMAINS).index(name) + 100
+    make_dicom_set(path, n=n, seed=seed, valid_pct=0.3, **opts)
+    return path,pd.read_csv(path/'labels.csv')
+
+def trained(name, path, df, seed, epochs, size=96):
+    "A small XResNet trained from scratch on the domain with model seed `seed` (cached export)"
+    f = path/f'model_s{seed}_e{epochs}.pkl'
+    if f.exists(): return load_learner(f, cpu=True),json.loads(f.with_suffix('.json').read_text())
+    set_seed(seed, reproducible=True)
+    learn = gap_linear_learner(synth_dls(path, df, size, bs=16, seed=seed), size=size)
+    t0 = time.time()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(epochs, 5e-3)
+        acc = float(learn.validate()[1])
+    info = dict(domain=name, seed=seed, epochs=epochs, accuracy=acc, train_s=time.time()-t0)
+    learn.export(f.resolve()); f.with_suffix('.json').write_text(json.dumps(info))
+    return load_learner(f, cpu=True),info
+
+def gt_dict(path):
+    bx = pd.read_csv(path/'boxes.csv')
+    return {str(path/f): torch.tensor(g[['x0', 'y0', 'x1', 'y1']].to_numpy(np.int64)) for f,g in bx.groupby('file')}
+
+def evaluate(name, seed, cfg):
+    "`(rows, tuned, info)`: `recipe_table` of the model of seed `seed` on domain `name`'s validation files (and, held out, the tuned choice)"
+    torch.set_num_threads(1)
+    path,df = domain_set(name, cfg['n'])
+    gt,valid = gt_dict(path),[str(path/f) for f in df.file[df.is_valid]]
+    learn,info = trained(name, path, df, seed, cfg['epochs'])
+    kw = dict(target='nodule', methods=cfg['methods'], tta=cfg['tta'], thresholds=cfg['thresholds'], progress=False)
+    t0 = time.time()
+    rows = recipe_table(learn, valid, gt, **kw).assign(domain=name, seed=seed, accuracy=info['accuracy'])
+    tuned = None
+    if name==HELD_OUT:   # the tune step on a few labelled training files, judged on the validation files
+        tr = df[~df.is_valid]
+        few = list(tr[tr.label=='nodule'].file[:cfg['labelled']//2]) + list(tr[tr.label!='nodule'].file[:cfg['labelled']//2])
+        pick = sort_recipes(recipe_table(learn, [str(path/f) for f in few], gt, **kw)).iloc[0]
+        tuned = _row_of(rows, pick)
+    return rows,tuned,{**info, 'eval_s': time.time()-t0}
+
+def _key(df): return df['method'] + ' @ ' + df['layer'].map(str) + ' tta=' + df['tta'].map(str) + ' t=' + df['threshold'].map(lambda v: f'{v:.1f}')
+
+def _row_of(table, r):
+    "The row of `table` for the recipe of row `r`"
+    return table[_key(table)==_key(pd.DataFrame([r])).iloc[0]]
+
+def ms(v, pct=True):
+    v = pd.Series(v, dtype=float).dropna()
+    if not len(v): return 'n/a'
+    k = 100 if pct else 1000
+    return f"{k*v.mean():.0f} +- {k*v.std(ddof=0):.0f}" if pct else f"{k*v.mean():.1f} +- {k*v.std(ddof=0):.1f}"
+
+def summary_line(label, d):
+    return f"| {label} | {len(d)} | " + ' | '.join(ms(d[m], m!='s_per_item') for m in METRICS) + ' |'
+
+HEAD = "| recipe | runs | pointing % | BoxAcc@0.5 % | MaxBoxAccV2 % | AP@0.5 % | score AUROC % | ms / item |\n|---|---|---|---|---|---|---|---|"
+
+def report(all_rows, tuned, cfg, infos, secs, a_jobs):
+    tune_doms = [d for d in cfg['domains'] if d!=HELD_OUT]
+    tr,ho = all_rows[all_rows.domain.isin(tune_doms)],all_rows[all_rows.domain==HELD_OUT]
+    tr,ho = tr.assign(key=_key(tr)),ho.assign(key=_key(ho))
+    mean = tr.groupby('key')[METRICS].mean()
+    order = mean.sort_values(['box_acc', 'pointing', 'max_box_acc_v2'], ascending=False)
+    best = order.index[0]
+    old = _key(pd.DataFrame([dict(method='gradcam', layer='0.7', tta=False, threshold=0.7)])).iloc[0]
+    chosen = tr[tr.key==best].iloc[0]
+    L = [f"# Localization across synthetic domains ({'quick' if cfg is QUICK else 'full'} run)", '',
+         f"`python bench/localization.py{' --quick' if cfg is QUICK else ''}`: {len(cfg['domains'])} domains x {len(cfg['seeds'])} model seeds, "
+         f"{cfg['n']} DICOMs per domain (30 % validation), small XResNet from scratch, {cfg['epochs']} epochs, 96 px squish; "
+         f"{a_jobs} processes of one torch thread; {secs/60:.1f} min in all (models cached in bench/.cache/).", '',
+         "Domains (`make_dicom_set` options on top of size (96, 120), contrast (0.15, 0.25)):", '']
+    L += [f"- `{d}`{' (HELD OUT)' if d==HELD_OUT else ''}: {DOMAINS[d]}; accuracy {ms([i['accuracy'] for i in infos if i['domain']==d])} %" for d in cfg['domains']]
+    L += ['', "## Chosen defaults", '',
+          f"The recipe with the best mean BoxAcc@0.5 over the tuning domains' (domain, seed) runs: **{best}**.", '',
+          "## Tuning domains: every method x layers x tta at its best threshold (mean +- sd over domain x seed runs)", '', HEAD]
+    tr_best = order.reset_index().assign(mk=lambda d: d.key.str.rsplit(' t=', n=1).str[0]).drop_duplicates('mk')
+    for k in tr_best.key: L.append(summary_line(k, tr[tr.key==k]))
+    L += ['', "## Per tuning domain: old defaults and chosen defaults", '', HEAD]
+    for d in tune_doms:
+        for lab,k in (('old defaults', old), ('chosen defaults', best)): L.append(summary_line(f"{d}: {lab} ({k})", tr[(tr.domain==d) & (tr.key==k)]))
+    L += ['', f"## Held-out domain `{HELD_OUT}` (used in no choice)", '', HEAD,
+          summary_line(f"old defaults ({old})", ho[ho.key==old]),
+          summary_line(f"chosen defaults, no labels ({best})", ho[ho.key==best])]
+    if tuned is not None:
+        L.append(summary_line(f"tune step on {cfg['labelled']} labelled training files (choices: {', '.join(sorted(set(_key(tuned))))})", tuned))
+    hb = ho.groupby('key')[METRICS].mean().sort_values('box_acc', ascending=False).index[0]
+    L.append(summary_line(f"oracle: best recipe on the held-out validation itself ({hb})", ho[ho.key==hb]))
+    return '\n'.join(L) + '\n', dict(method=chosen['method'], layer=chosen['layer'], tta=bool(chosen['tta']), threshold=float(chosen['threshold']))
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--quick', action='store_true', help='2 domains, 1 seed, tiny sets: a minute, for development')
+    ap.add_argument('--out', default=None, help='markdown table (default: bench/results/localization.md; quick: stdout only)')
+    ap.add_argument('--jobs', type=int, default=2, help='processes, one (domain, seed) run each, one torch thread each')
+    a = ap.parse_args()
+    cfg = QUICK if a.quick else FULL
+    CACHE.mkdir(parents=True, exist_ok=True)
+    t0,rows,tuned = time.time(),[],[]
+    for d in cfg['domains']: domain_set(d, cfg['n'])          # the data first, once per domain
+    jobs = [(d, s) for d in cfg['domains'] for s in cfg['seeds']]
+    with ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context('spawn')) as ex:
+        for (d,s),(r,t,info) in zip(jobs, ex.map(evaluate, *zip(*jobs), [cfg]*len(jobs))):
+            print(f"{d} seed {s}: validation accuracy {info['accuracy']:.2f}, trained in {info['train_s']:.0f} s, recipes measured in {info['eval_s']:.0f} s", flush=True)
+            rows.append(r)
+            if t is not None: tuned.append(t)
+    tuned = pd.concat(tuned) if tuned else None
+    all_rows = pd.concat(rows)
+    infos = all_rows.drop_duplicates(['domain', 'seed'])[['domain', 'seed', 'accuracy']].to_dict('records')
+    md,choice = report(all_rows, tuned, cfg, infos, time.time()-t0, a.jobs)
+    print(md); print('chosen defaults:', choice)
+    out = a.out or (None if a.quick else str(Path(__file__).parent/'results'/'localization.md'))
+    if out:
+        Path(out).write_text(md)
+        all_rows.assign(layer=all_rows.layer.map(json.dumps)).to_csv(Path(out).with_suffix('.csv'), index=False, float_format='%.4f')
+        Path(out).with_suffix('.json').write_text(json.dumps(choice))
+
+if __name__ == '__main__': main()
