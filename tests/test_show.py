@@ -201,3 +201,32 @@ def test_pydicom_test_files_get_maps_or_a_one_line_item_error(trained):
     assert not bare, bare
     print(f'\npydicom test files: {ok} explained, {errors} clean ItemErrors')
     assert ok >= 60 and errors >= 60
+
+# --- trust checks (issue 19) ---
+
+def test_sanity_check_passes_gradcam_and_fails_guided_backprop(trained):
+    """Adebayo et al.'s cascading randomization on the model that finds the lesions (test above): Grad-CAM's maps change
+    when the model's weights are randomized (it passes); Guided Backprop's stay similar while the upper blocks are random
+    (it fails, as the paper found). The learner's weights, mode and grad state are untouched."""
+    from fastcam.sanity import sanity_check, map_similarity
+    learn, dls, path, lb, bx, _ = trained
+    files, _ = _held_out_positives(trained)
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    training, grad = learn.model.training, torch.is_grad_enabled()
+    sc = sanity_check(learn, files[:8], methods=('gradcam', 'guided_backprop'), layers=([0, -1],), progress=False)
+    s = sc.summary()
+    print('\n', sc.round(3).to_string(), '\n', s.round(3).to_string())
+    assert s.loc[('gradcam', '0.7'), 'passed'] and not s.loc[('guided_backprop', '0.7'), 'passed']
+    assert s.loc[('guided_backprop', '0.7'), 'spearman'] > s.loc[('gradcam', '0.7'), 'spearman'] + 0.3
+    assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+    assert learn.model.training == training and torch.is_grad_enabled() == grad
+
+def test_stability_of_the_trained_model(trained):
+    "Most held-out positives' maps follow a flip and a 4 px shift (correlation >= 0.5); the flag marks exactly the others"
+    from fastcam.sanity import stability
+    learn, *_ = trained
+    files, _ = _held_out_positives(trained)
+    st = stability(learn, files[:16], layer=[0, -2], target='nodule')
+    print('\n', st.describe().round(3).to_string())
+    assert (st.flag == ((st.flip_corr < 0.5) | (st.shift_corr < 0.5))).all()
+    assert (~st.flag).mean() >= 0.75
