@@ -21,8 +21,9 @@ from .core import eval_mode, head_kind, out_probs, _as_batch, _model_device, _fi
 __all__ = ['box_thresholds', 'as_boxes', 'box_area', 'box_intersection', 'box_iou', 'box_iobb', 'pointing_hits', 'pointing_game',
            'cam_thresholds', 'map_boxes', 'box_acc_curves', 'box_acc_curve', 'box_acc', 'max_box_acc', 'max_box_acc_v2',
            'threshold_accuracy', 'best_threshold', 'average_precision', 'pxap', 'average_drop_increase', 'blur',
-           'perturbation_curves', 'curve_auc', 'deletion_auc', 'insertion_auc', 'read_boxes_csv', 'read_coco',
-           'rle_decode', 'rle_encode', 'read_rle_csv', 'read_mask', 'mask_to_boxes', 'CamEvaluation', 'evaluate_cams']
+           'perturbation_curves', 'curve_auc', 'deletion_auc', 'insertion_auc', 'impute_linear', 'road_curves', 'road',
+           'read_boxes_csv', 'read_coco', 'rle_decode', 'rle_encode', 'read_rle_csv', 'read_mask', 'mask_to_boxes',
+           'CamEvaluation', 'evaluate_cams']
 
 # %% ../nbs/09_metrics.ipynb #efe48952
 def as_boxes(b) -> Tensor:
@@ -422,6 +423,72 @@ def insertion_auc(model:nn.Module, xb:Tensor, maps:Tensor, targets=None, n_steps
                   batch_size:int=64, progress:bool=True, reduce:bool=True):
     "Insertion AUC (RISE), higher is better: the mean area under the probability curve as the top-ranked pixels are put back into `baseline`; per map when `reduce=False`"
     return _auc('insertion', model, xb, maps, targets, n_steps, baseline, activation, batch_size, progress, reduce)
+
+# %% ../nbs/09_metrics.ipynb #r0ad0002
+_road_weights = ((-1, -1, 1/12), (-1, 0, 1/6), (-1, 1, 1/12), (0, -1, 1/6), (0, 1, 1/6), (1, -1, 1/12), (1, 0, 1/6), (1, 1, 1/12))
+
+def impute_linear(img:Tensor, # one image `[C, H, W]`
+                  remove:Tensor, # `[H, W]` booleans: the pixels to replace
+                  noise:float=0., # sd of the Gaussian noise added to the replaced values
+                  generator=None) -> Tensor:
+    "`img` with the `remove` pixels replaced by noisy linear imputation: each the weighted mean of its 8 neighbours, solved jointly"
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import spsolve
+    C,H,W = img.shape
+    rm = remove.cpu().numpy().astype(bool)
+    ys,xs = np.nonzero(rm)
+    if not len(ys): return img.clone()
+    var = -np.ones((H, W), np.int64); var[ys, xs] = np.arange(len(ys))
+    x = img.detach().cpu().double().numpy().reshape(C, H, W)
+    rows,cols,vals = [np.arange(len(ys))],[np.arange(len(ys))],[]
+    diag,rhs = np.zeros(len(ys)),np.zeros((len(ys), C))
+    for dy,dx,w in _road_weights:
+        ny,nx = ys+dy,xs+dx
+        ok = (ny>=0) & (ny<H) & (nx>=0) & (nx<W)
+        diag[ok] += w
+        i,ny,nx = np.flatnonzero(ok),ny[ok],nx[ok]
+        unknown = rm[ny, nx]
+        rows.append(i[unknown]); cols.append(var[ny[unknown], nx[unknown]]); vals.append(-w*np.ones(unknown.sum()))
+        rhs[i[~unknown]] += w*x[:, ny[~unknown], nx[~unknown]].T
+    A = coo_matrix((np.concatenate([diag] + vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(ys), len(ys))).tocsc()
+    sol = spsolve(A, rhs).reshape(len(ys), C)
+    out = img.detach().clone()
+    v = torch.from_numpy(sol.T).to(out)
+    if noise: v = v + noise*torch.randn(v.shape, generator=generator).to(out)
+    out[:, torch.from_numpy(ys), torch.from_numpy(xs)] = v
+    return out
+
+# %% ../nbs/09_metrics.ipynb #r0ad0003
+def _road_remove(m:np.ndarray, f:float, most:bool) -> Tensor:
+    "The pixels ROAD removes from map `m` at fraction `f`: at or above the `100(1-f)`-th percentile of `m` (MoRF) or of `1-m` (LeRF)"
+    v = m if most else 1-m
+    return torch.from_numpy(v >= np.percentile(v, round(100*(1-f), 9)))
+
+def road_curves(model:nn.Module, # the classifier
+                xb:Tensor, # the input batch `[B, C, H, W]`
+                maps:Tensor, # `[B, H, W]` or `[B, T, H, W]` at the input's size, in 0..1
+                targets=None, # classes `[B]` or `[B, T]` (-1 = padding); None: the predicted class
+                fractions=(.1, .2, .3, .4, .5, .6, .7, .8, .9), # shares of the pixels removed
+                noise:float=0.01, # sd of the imputation noise (Rong et al.: 0.01); 0 for none
+                seed:int=0, # seeds the noise: the same call gives the same numbers
+                activation='auto', batch_size:int=64, progress:bool=True) -> tuple:
+    "`(morf, lerf)`: the class's probability `[B(, T), len(fractions)]` after ROAD removes the most / least relevant pixels"
+    xb,_,bi,cls,m,keep,flat = _pairs(model, xb, maps, targets, activation, batch_size)
+    g = torch.Generator().manual_seed(seed)
+    mn = m.detach().cpu().double().numpy()
+    F = len(fractions)
+    imgs = [impute_linear(xb[b].cpu(), _road_remove(mn[p], f, most), noise, g) for most in (True, False)
+            for p,b in enumerate(bi.tolist()) for f in fractions]
+    probs = _probs_in_chunks(model, len(imgs), lambda s,e: torch.stack(imgs[s:e]).to(xb), activation, batch_size, progress)
+    p = probs[torch.arange(len(probs)), cls.repeat(2).repeat_interleave(F)].double().reshape(2, len(bi), F)
+    return _unpair(p[0], keep, flat),_unpair(p[1], keep, flat)
+
+def road(model:nn.Module, xb:Tensor, maps:Tensor, targets=None, fractions=(.1, .2, .3, .4, .5, .6, .7, .8, .9), noise:float=0.01,
+         seed:int=0, activation='auto', batch_size:int=64, progress:bool=True, reduce:bool=True):
+    "ROAD score, higher is better: the mean over `fractions` of (LeRF - MoRF) / 2 of the class probability; per map when `reduce=False`"
+    morf,lerf = road_curves(model, xb, maps, targets, fractions, noise, seed, activation, batch_size, progress)
+    s = ((lerf - morf)/2).mean(-1)
+    return s[~s.isnan()].mean().item() if reduce else s
 
 # %% ../nbs/09_metrics.ipynb #c3d69aa2
 def _int_boxes(v) -> Tensor:

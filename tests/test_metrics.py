@@ -593,3 +593,40 @@ def test_threshold_accuracy_on_a_squished_non_square_original():
     assert best_threshold(res, [[core]], thresholds=(0.3, 0.8, 0.95)) == 0.8
     with pytest.raises(ValueError, match='1 items'): threshold_accuracy(res, [[ring], [ring]])
     with pytest.raises(ValueError, match='no item has a ground-truth box'): threshold_accuracy(res, [None])
+
+# --- ROAD (Rong et al. 2022) against pytorch-grad-cam's implementation ---
+
+def _grad_cam_road(model, xb, maps, targets, percentiles=(10, 20, 30, 40, 50, 60, 70, 80, 90)):
+    "pytorch-grad-cam's ROAD pieces with the imputation noise off: per map, the mean over percentiles of (LeRF - MoRF) / 2 of the softmax probability"
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+    from pytorch_grad_cam.metrics.perturbation_confidence import PerturbationConfidenceMetric, RemoveMostRelevantFirst, RemoveLeastRelevantFirst
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+    imp = NoisyLinearImputer(noise=0.)
+    tg = [ClassifierOutputSoftmaxTarget(t) for t in targets]
+    cams = maps.numpy()
+    morf = np.mean([PerturbationConfidenceMetric(RemoveMostRelevantFirst(p, imp))(xb, cams, tg, model, return_diff=False) for p in percentiles], 0)
+    lerf = np.mean([PerturbationConfidenceMetric(RemoveLeastRelevantFirst(p, imp))(xb, cams, tg, model, return_diff=False) for p in percentiles], 0)
+    return (lerf - morf)/2
+
+def test_impute_linear_equals_pytorch_grad_cam():
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+    from fastcam.metrics import impute_linear
+    torch.manual_seed(0)
+    img = torch.rand(3, 17, 13)
+    rm = torch.rand(17, 13) > 0.6
+    rm[0, :] = True                                   # a border row: neighbours outside the image are left out
+    ref = NoisyLinearImputer(noise=0.)(img, (~rm).float())
+    assert torch.allclose(impute_linear(img, rm), ref, atol=1e-5)
+    assert torch.equal(impute_linear(img, rm)[:, ~rm], img[:, ~rm])
+
+def test_road_equals_pytorch_grad_cam():
+    from fastcam.metrics import road
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    xb = torch.rand(3, 3, 16, 16)
+    maps = torch.rand(3, 16, 16)
+    targets = [0, 2, 1]
+    ours = road(net, xb, maps, targets, noise=0., progress=False, reduce=False)
+    ref = _grad_cam_road(net, xb, maps, targets)
+    assert torch.allclose(ours.float(), torch.from_numpy(ref).float(), atol=1e-5)
+    assert road(net, xb, maps, targets, progress=False) == road(net, xb, maps, targets, progress=False)   # seeded noise
