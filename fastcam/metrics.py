@@ -639,28 +639,40 @@ def evaluate_cams(learn, items:list, # the Learner, and the files to explain
                   tolerance:float=15, # pointing game tolerance in pixels
                   thresholds=0.01, # CAM thresholds for MaxBoxAcc, PxAP
                   faithfulness:bool=True, # also Average Drop / Increase in Confidence
-                  bs:int=16) -> CamEvaluation:
+                  bs:int=16,
+                  relu:bool=True, # ReLU before the min-max normalisation; False as wsolevaluation's pipeline (negative evidence kept)
+                  protocol:str='fastcam', # for MaxBoxAcc(V2) and PxAP: 'fastcam' or 'wsol' (`fastcam.protocols`)
+                  extra=(), # more, by name: 'road' (ROAD; 18 imputed images per map), 'sanity' (the randomization check on up to 8 items)
+                  ) -> CamEvaluation:
     "One row per method x layer: localization (and faithfulness) metrics of the maps of `items` against `gt`"
     from fastprogress.fastprogress import progress_bar
-    from fastcam.core import learner_cam
-    items = list(items)
+    from fastcam.core import learner_cam, upsample_maps
+    items,extra = list(items),set([extra] if isinstance(extra, str) else extra)
+    if extra - {'road', 'sanity'}: raise ValueError(f"unknown extra metrics {sorted(extra - {'road', 'sanity'})}: use 'road' and/or 'sanity'")
     g = [_gt_for(gt, f) for f in items]
     masks = [x if _is_mask(x) else None for x in g]
     boxes = [None if x is None else mask_to_boxes(x) if _is_mask(x) else as_boxes(x) for x in g]
     rows = []
     for method,layer in progress_bar([(m,l) for m in methods for l in layers]):
         res = learner_cam(learn, items, layer, target, method, bs=bs)
-        omaps = [res.original_maps(i, fill=float('nan'))[0] for i in range(len(items))]
+        omaps = [res.original_maps(i, fill=float('nan'), normalize=relu)[0] for i in range(len(items))]
         r = dict(method=method, layer=res.layer)
         if any(b is not None and len(b) for b in boxes):
             r['pointing_game'] = pointing_game(omaps, boxes, tolerance)
-            r['max_box_acc'] = max_box_acc(omaps, boxes, thresholds=thresholds)
-            r['max_box_acc_v2'] = max_box_acc_v2(omaps, boxes, thresholds=thresholds)
+            r['max_box_acc'] = max_box_acc(omaps, boxes, thresholds=thresholds, protocol=protocol)
+            r['max_box_acc_v2'] = max_box_acc_v2(omaps, boxes, thresholds=thresholds, protocol=protocol)
         if any(m is not None for m in masks):
             sel = [k for k,m in enumerate(masks) if m is not None]
-            r['pxap'] = pxap([omaps[k] for k in sel], [masks[k] for k in sel], thresholds)
+            r['pxap'] = pxap([omaps[k] for k in sel], [masks[k] for k in sel], thresholds, protocol=protocol)
         if faithfulness:
             xb = torch.cat([b[0] for b in learn.dls.test_dl(items, bs=bs)])
             r['average_drop'],r['increase_in_confidence'] = average_drop_increase(learn.model, xb, res.upsampled()[:, :1], res.targets[:, :1])
+        if 'road' in extra:
+            xb = torch.cat([b[0] for b in learn.dls.test_dl(items, bs=bs)])
+            r['road'] = road(learn.model, xb, upsample_maps(res.normalized(relu), res.input_size)[:, :1], res.targets[:, :1], progress=False)
+        if 'sanity' in extra:
+            from fastcam.sanity import sanity_check
+            s = sanity_check(learn, items[:8], [method], [layer], target, progress=False).summary().iloc[0]
+            r['sanity_spearman'],r['sanity_passed'] = s.spearman,bool(s.passed)
         rows.append(r)
     return CamEvaluation(rows)

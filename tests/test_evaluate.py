@@ -49,3 +49,25 @@ def test_masks_give_pxap(setup):
         m = np.zeros((64, 64)); m[y0:y1, x0:x1] = 1; masks[f] = torch.tensor(m)
     ev = evaluate_cams(learn, files, masks, target=0, faithfulness=False)
     assert ev.pxap[0] > 50 and ev.pointing_game[0] == 100
+
+def test_relu_false_keeps_negative_evidence(setup, tmp_path):
+    """Class 1's logit is minus the brightness: its Grad-CAM is negative everywhere, so with the ReLU every map is zero (a miss);
+    without it (wsolevaluation's pipeline) the map's maximum is the darkest cell: here a cell set to black in each file."""
+    learn, files, gt, far = setup
+    dark, black = [], {}
+    for f in files:
+        a = np.asarray(Image.open(f).convert('RGB')).copy()
+        a[48:56, 8:16] = 0
+        Image.fromarray(a).save(g := tmp_path/f.name); dark.append(g)
+        black[str(g)] = [[8, 48, 16, 56]]
+    with_relu = evaluate_cams(learn, dark, black, target=1, faithfulness=False)
+    without = evaluate_cams(learn, dark, black, target=1, faithfulness=False, relu=False, protocol='wsol')
+    assert with_relu.pointing_game[0] == 0 and with_relu.max_box_acc[0] == 0
+    assert without.pointing_game[0] == 100 and without.max_box_acc[0] == 100
+
+def test_extra_metrics_road_and_sanity(setup):
+    learn, files, gt, far = setup
+    ev = evaluate_cams(learn, files, gt, target=0, faithfulness=False, extra=('road', 'sanity'))
+    assert ev.road[0] > 0                                  # removing the bright patch first hurts class 0; removing the rest does not
+    assert ev.sanity_passed[0] and ev.sanity_spearman[0] < 0.5
+    with pytest.raises(ValueError, match="unknown extra metrics \\['rod'\\]"): evaluate_cams(learn, files, gt, extra='rod')
