@@ -21,7 +21,7 @@ from fastai.vision.all import (DataBlock, CategoryBlock, ColReader, ColSplitter,
 from .core import learner_cam
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
 from .report import atomic_write, sync_disk, write_outputs
-from .dicom_out import record_mm
+from .dicom_out import record_mm, dicom_config, dicom_record
 from .synth import make_dicom_set
 
 # %% auto #0
@@ -183,8 +183,8 @@ def _explain_batch(learn, batch, cfg) -> list:
         jobs.append(_Job(o, mos[i][0], f"{vocab[c]} {float(res.probs[i,c]):.2f}", boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab))
     return jobs
 
-def _write_jobs(jobs, out):
-    "Write each job's overlay (and raw map), flush them to the disk, then write their records: a record names only files already on the disk"
+def _write_jobs(jobs, out, dicom:dict=None):
+    "Write each job's overlay (and raw map, and with `dicom` its DICOM SR and SEG), flush them to the disk, then write their records: a record names only files already on the disk"
     done = []
     for j in jobs:
         f = j.read.file
@@ -193,6 +193,7 @@ def _write_jobs(jobs, out):
             if j.raw is not None:
                 buf = io.BytesIO(); np.save(buf, j.raw)
                 atomic_write(_out_path(out, 'maps', f, '.npy'), buf.getvalue(), 'wb', fsync=False)
+            if dicom is not None: j.rec.update(dicom_record(j.rec, j.map, dicom, _out_path(out, 'dicom', f, '.sr.dcm'), _out_path(out, 'dicom', f, '.seg.dcm'), out))
             done.append(j)
         except Exception as e: _error(out, f, e)
     sync_disk(out)
@@ -222,7 +223,7 @@ def process_files(learn, files, out, cfg, progress:bool=True):
                 except Exception as e: _error(out, f, e)
             jobs = _explain_chunk(learn, good, out, cfg) if good else []
             if pending is not None: pending.result()     # one batch in writing at a time; its errors stop the run here
-            pending = writer.submit(_write_jobs, jobs, out) if jobs else None
+            pending = writer.submit(_write_jobs, jobs, out, cfg.get('dicom')) if jobs else None
         if pending is not None: pending.result()
     if files: sync_disk(out)   # the last records
 
@@ -286,6 +287,8 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         vocab:str=None, # With --weights: comma-separated class names, in the model's output order
         size:int=224, # With --weights: model input size
         num_processes:int=1, # Processes on this machine (each takes every N-th file)
+        dicom_out:store_true=False, # Also write, per DICOM input, a DICOM SR of its boxes and a Segmentation of its map into dicom/ (needs highdicom)
+        dicom_codes:str=None, # JSON file (implies --dicom-out) {"class": ["code value", "scheme", "meaning"]} coding the findings; default: the class name in scheme 99FASTCAM
         progress:Annotated[bool, dict(help="Don't show a progress bar")]=True): # Show a progress bar (the command line's --no-progress hides it)
     "Explain DICOM/image files into overlays, boxes.csv, boxes.coco.json, errors.csv and report.html in --out"
     paths = list(paths)
@@ -303,6 +306,8 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
     learn = load_for_run(learner, trust, arch, weights, vocab, size, dev)
     cfg = dict(layer=_layer(layer), target=_target(target), method=method, bs=bs, mode=mode, threshold=threshold, min_area=min_area,
                topk=topk, save_maps=save_maps, tta=tta)
+    try: cfg['dicom'] = dicom_config(dicom_codes, learn.model) if dicom_out or dicom_codes else None
+    except (ImportError, ValueError) as e: raise CliError(f"fastcam run: --dicom-out: {e}")
     _init_dist(world)
     try:
         skipped = sum(_done(out, f) for f in files)

@@ -14,7 +14,9 @@ from pydicom.dataset import Dataset
 from .items import is_dicom
 
 # %% auto #0
-__all__ = ['spacing_keys', 'mm_cols', 'pixel_spacing', 'box_mm', 'add_mm', 'record_mm']
+__all__ = ['spacing_keys', 'mm_cols', 'pixel_spacing', 'box_mm', 'add_mm', 'record_mm', 'source_header', 'default_code',
+           'model_hash', 'boxes_sr', 'map_seg', 'save_dicom', 'dicom_outputs', 'result_dicom', 'read_codes',
+           'dicom_config', 'dicom_record']
 
 # %% ../nbs/14_dicom_out.ipynb #11a7c316
 spacing_keys = ('PixelSpacing', 'ImagerPixelSpacing')   # in order of preference
@@ -72,3 +74,251 @@ def record_mm(rec:dict) -> dict:
     rec.update(spacing=None if src=='' else [r, c], spacing_source=src)
     for b in rec.get('boxes') or []: b.update({k: (None if np.isnan(v) else v) for k,v in box_mm(b['x0'], b['y0'], b['x1'], b['y1'], r, c).items()})
     return rec
+
+# %% ../nbs/14_dicom_out.ipynb #fe0e3600
+def _highdicom():
+    "The highdicom module; ImportError in one line when it isn't installed"
+    try: import highdicom
+    except ImportError: raise ImportError('DICOM outputs need highdicom: pip install "fastcam[dicom]" (or pip install highdicom)') from None
+    return highdicom
+
+# %% ../nbs/14_dicom_out.ipynb #9a356107
+_type2 = ('PatientName', 'PatientID', 'PatientBirthDate', 'PatientSex', 'StudyDate', 'StudyTime', 'ReferringPhysicianName',
+          'StudyID', 'AccessionNumber')
+
+def source_header(src) -> Dataset:
+    "The header of DICOM `src` (path or data set; pixel data left out) for new objects to reference: a copy, with the Patient and Study Type 2 attributes present"
+    ds = _header(src)
+    if ds is None: raise ValueError(f"{src}: not a DICOM file: DICOM outputs reference a DICOM source")
+    ds = Dataset(ds)   # a shallow copy: what is added here never reaches `src`
+    for k in ('StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID', 'SOPClassUID', 'Rows', 'Columns'):
+        if ds.get(k, None) in (None, ''): raise ValueError(f"{src}: the DICOM source has no {k}, which a reference to it needs")
+    for k in _type2:
+        if k not in ds: setattr(ds, k, '')
+    return ds
+
+# %% ../nbs/14_dicom_out.ipynb #96439100
+def default_code(name) -> tuple:
+    "The finding code of class `name` when no code is given: `(name, '99FASTCAM', name)`, a private coding scheme"
+    return (str(name), '99FASTCAM', str(name)[:64])
+
+def _concept(hd, code):
+    v,s,m = code
+    return hd.sr.CodedConcept(value=str(v), scheme_designator=str(s), meaning=str(m))
+
+def _box_polyline(b) -> np.ndarray:
+    "The closed polygon `[5, 2]` of `(column, row)` points around the half-open box `b`"
+    x0,y0,x1,y1 = (float(b[k]) for k in ('x0', 'y0', 'x1', 'y1'))
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], np.float32)
+
+# %% ../nbs/14_dicom_out.ipynb #3e40d883
+def model_hash(model) -> str:
+    "sha256 of a model's state dict (names, dtypes, shapes and values, in order): the same weights give the same hash however they were saved"
+    import hashlib, torch
+    h = hashlib.sha256()
+    for k,v in model.state_dict().items():
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
+        if isinstance(v, torch.Tensor): h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b'')
+    return h.hexdigest()
+
+def _algorithm(hd, method, layer, model_sha, spacing_source):
+    import fastcam
+    ps = [f"layer={layer}", f"model_sha256={model_sha}"] + ([f"spacing={spacing_source}"] if spacing_source else [])
+    return hd.sr.AlgorithmIdentification(name=f"fastcam {method}", version=fastcam.__version__, parameters=ps)
+
+def _measurements(hd, b, spacing) -> list:
+    "Probability, score and (with a spacing) width, height and area of box `b`, as TID 300 measurements"
+    from pydicom.sr.codedict import codes
+    unit = lambda v,m: hd.sr.CodedConcept(value=v, scheme_designator='UCUM', meaning=m)
+    vals = [(codes.DCM.Probability, b['prob'], unit('1', 'no units')), (codes.SCT.Score, b.get('score'), unit('1', 'no units'))]
+    if spacing[0] is not None:
+        mm = box_mm(b['x0'], b['y0'], b['x1'], b['y1'], *spacing[:2])
+        vals += [(codes.SCT.Width, mm['width_mm'], unit('mm', 'millimeter')), (codes.DCM.Height, mm['height_mm'], unit('mm', 'millimeter')),
+                 (codes.SCT.Area, mm['area_mm2'], unit('mm2', 'square millimeter'))]
+    return [hd.sr.Measurement(name=n, value=float(v), unit=u) for n,v,u in vals if v is not None and np.isfinite(float(v))]   # the algorithm is named once, in their group
+
+def _library(hd, ds):
+    "`[ds]` when highdicom can describe the source in the image library (TID 1601: size, and the Frame of Reference of a cross-sectional image), else None (e.g. a radiograph without `ImagerPixelSpacing`, which TID 1603 needs)"
+    try: hd.sr.ImageLibraryEntryDescriptors(ds); return [ds]
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError): return None
+
+def _has_box(b): return not any(pd.isna(b.get(k)) for k in ('x0', 'y0', 'x1', 'y1'))
+
+# %% ../nbs/14_dicom_out.ipynb #ae56544b
+def _device_observer(hd):
+    import fastcam
+    from pydicom.sr.codedict import codes
+    uid = pydicom.uid.generate_uid(entropy_srcs=['fastcam', fastcam.__version__])   # one UID per fastcam version
+    dev = hd.sr.DeviceObserverIdentifyingAttributes(uid=uid, name='fastcam', manufacturer_name='fastcam', model_name=fastcam.__version__)
+    return hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=dev))
+
+def boxes_sr(src, # the source DICOM: a path or a data set (it is never modified)
+             boxes, # its boxes: dicts or a DataFrame with class, prob, x0, y0, x1, y1, score (rows without a box are left out)
+             method:str='gradcam', layer:str=None, # what made the map, recorded as the algorithm
+             model_sha:str=None, # the model's hash (`model_hash`), recorded with the algorithm
+             codes:dict=None, # `{class: (value, scheme, meaning)}`; classes not in it get `default_code`
+             series_number:int=9901, # of the new SR's own series
+             series_description:str='fastcam boxes',
+             image_finding:tuple=None): # `(class, probability)` the model gives the whole image: an image-level group, so a file without a box has a report too
+    "A highdicom `Comprehensive3DSR` (TID 1500) of `boxes` on `src`: one planar ROI per box, coded by class, with probability, score and mm sizes"
+    hd = _highdicom()
+    from pydicom.sr.codedict import codes as dcodes
+    ds = source_header(src)
+    spacing = _spacing_of(ds)
+    rows = boxes.to_dict('records') if isinstance(boxes, pd.DataFrame) else list(boxes)
+    algo = _algorithm(hd, method, layer, model_sha, spacing[2])
+    ref = hd.sr.SourceImageForRegion.from_source_image(ds)
+    groups = []
+    for k,b in enumerate(r for r in rows if _has_box(r)):
+        name = str(b['class'])
+        code = (codes or {}).get(name) or default_code(name)
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"box {k+1}: {name}"[:64]),
+            referenced_region=hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=_box_polyline(b), source_image=ref),
+            finding_type=_concept(hd, code), algorithm_id=algo, measurements=_measurements(hd, b, spacing)))
+    if image_finding is not None:
+        n,p = str(image_finding[0]),image_finding[1]
+        groups.insert(0, hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"image: {n}"[:64]), finding_type=_concept(hd, (codes or {}).get(n) or default_code(n)),
+            algorithm_id=algo, measurements=_measurements(hd, dict(prob=p), (None,)), source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)]))
+    if not groups: raise ValueError(f"{src}: nothing to report: no box and no image_finding")
+    report = hd.sr.MeasurementReport(observation_context=_device_observer(hd), procedure_reported=dcodes.SCT.ImagingProcedure,
+                                     imaging_measurements=groups, referenced_images=_library(hd, ds))
+    sr = hd.sr.Comprehensive3DSR(evidence=[ds], content=report, series_instance_uid=hd.UID(), series_number=series_number,
+                                 sop_instance_uid=hd.UID(), instance_number=1, manufacturer='fastcam', is_complete=True,
+                                 series_description=series_description)
+    return _declare_schemes(sr)
+
+def _schemes(ds):
+    "Every coding scheme designator in data set `ds`, nested sequences included"
+    for el in ds:
+        if el.keyword=='CodingSchemeDesignator': yield str(el.value)
+        elif el.VR=='SQ':
+            for it in el.value: yield from _schemes(it)
+
+def _declare_schemes(obj):
+    "Declare the private coding schemes (designators starting with '99') that `obj` uses (Coding Scheme Identification, PS3.3 C.12.1.1.4)"
+    items = []
+    for s in sorted({s for s in _schemes(obj) if s.startswith('99')}):
+        item = Dataset()
+        item.CodingSchemeDesignator = s
+        if s=='99FASTCAM': item.CodingSchemeName,item.CodingSchemeResponsibleOrganization = 'fastcam class names','fastcam'
+        items.append(item)
+    if items: obj.CodingSchemeIdentificationSequence = items
+    return obj
+
+# %% ../nbs/14_dicom_out.ipynb #01585cde
+def map_seg(src, # the source DICOM: a path or a data set (it is never modified)
+            maps, # `[T, H, W]` (or `[H, W]`) in 0..1 at the source's Rows x Columns: the normalised maps, e.g. `res.original_maps(i)`
+            names, # the class of each map
+            method:str='gradcam', layer:str=None, model_sha:str=None, # recorded as the algorithm
+            codes:dict=None, # `{class: (value, scheme, meaning)}`; classes not in it get `default_code`
+            series_number:int=9902, series_description:str='fastcam maps'):
+    "A highdicom fractional `Segmentation` of `maps` on `src`, one segment per class, values the maps quantised to 1/255"
+    import fastcam
+    hd = _highdicom()
+    from pydicom.sr.codedict import codes as dcodes
+    ds = source_header(src)
+    m = np.asarray(maps.detach().cpu().float() if hasattr(maps, 'detach') else maps, np.float32)
+    if m.ndim==2: m = m[None]
+    names = [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
+    if m.shape[1:]!=(ds.Rows, ds.Columns): raise ValueError(f"{src}: maps of {m.shape[1]} x {m.shape[2]} pixels for a {ds.Rows} x {ds.Columns} image; give the maps in original pixels (res.original_maps(i))")
+    if len(names)!=len(m): raise ValueError(f"{len(names)} class names for {len(m)} maps; give one per map")
+    m = np.clip(np.nan_to_num(m, nan=0.), 0, 1)
+    algo = hd.AlgorithmIdentificationSequence(name=f"fastcam {method}", family=dcodes.cid7162.ArtificialIntelligence, version=fastcam.__version__,
+                                              parameters={'layer': str(layer), 'model_sha256': str(model_sha)})
+    descs = [hd.seg.SegmentDescription(segment_number=k+1, segment_label=f"{method} {n}"[:64], segmented_property_category=dcodes.SCT.SpatialAndRelationalConcept,
+                                       segmented_property_type=_concept(hd, (codes or {}).get(n) or default_code(n)),
+                                       algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo)
+             for k,n in enumerate(names)]
+    for d,n in zip(descs, names): d.SegmentDescription = f"fastcam {method} map of class {n}, normalised to 0..1 (not a probability)"[:64]
+    seg = hd.seg.Segmentation(source_images=[ds], pixel_array=np.moveaxis(m, 0, -1)[None], segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+                              segment_descriptions=descs, series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(),
+                              instance_number=1, manufacturer='fastcam', manufacturer_model_name='fastcam', software_versions=fastcam.__version__,
+                              device_serial_number='none', fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY, max_fractional_value=255,
+                              series_description=series_description, omit_empty_frames=False)   # a frame per segment, empty or not
+    if 'FrameOfReferenceUID' not in ds and 'PixelMeasuresSequence' in seg.SharedFunctionalGroupsSequence[0]:
+        del seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+    if 'PatientOrientation' not in seg: seg.PatientOrientation = ds.get('PatientOrientation', None) or ''   # Type 2C in General Image
+    return _declare_schemes(seg)
+
+# %% ../nbs/14_dicom_out.ipynb #9ae48ac8
+def save_dicom(obj:Dataset, path) -> Path:
+    "Write DICOM data set `obj` (with file meta) to `path` atomically: a complete file or none"
+    import io
+    from fastcam.report import atomic_write
+    buf = io.BytesIO()
+    obj.save_as(buf, enforce_file_format=True)
+    return atomic_write(path, buf.getvalue(), 'wb', fsync=False)
+
+def dicom_outputs(src, # the source DICOM file
+                  sr_path, seg_path, # where to write the SR and the SEG (None: don't write that one)
+                  boxes, # the source's boxes (dicts or a DataFrame)
+                  maps=None, names=None, # its maps `[T, H, W]` in original pixels and their classes, for the SEG
+                  image_finding:tuple=None, # `(class, probability)` of the whole image, for the SR
+                  method:str='gradcam', layer:str=None, model_sha:str=None, codes:dict=None) -> dict:
+    "Write the SR of `boxes` and the SEG of `maps` of DICOM `src`; `{'sr': path, 'seg': path}` of what was written"
+    res = {}
+    if sr_path is not None: res['sr'] = save_dicom(boxes_sr(src, boxes, method, layer, model_sha, codes, image_finding=image_finding), sr_path)
+    if seg_path is not None and maps is not None: res['seg'] = save_dicom(map_seg(src, maps, names, method, layer, model_sha, codes), seg_path)
+    return res
+
+# %% ../nbs/14_dicom_out.ipynb #beba8aa6
+def result_dicom(res, # a `CamResult` of files, from `learn.cam(files)`
+                 out, # folder for `NNNN_<name>_sr.dcm` and `NNNN_<name>_seg.dcm` (NNNN: the item's index)
+                 boxes:pd.DataFrame=None, # its boxes table; `res.boxes(**box_kwargs)` when None
+                 model=None, # the model (or Learner) explained, whose hash goes into the algorithm identification
+                 codes:dict=None, # `{class: (value, scheme, meaning)}`; others get `default_code`
+                 seg:bool=True, # also write the maps as a Segmentation
+                 **box_kwargs) -> pd.DataFrame:
+    "Write an SR of the boxes and a SEG of the maps for each DICOM item of `res` into `out`; one row per item: item, file, sr, seg, error"
+    _highdicom()
+    if res.items is None: raise ValueError("this CamResult doesn't know its items: explain files with learn.cam(files)")
+    boxes = res.boxes(**box_kwargs) if boxes is None else boxes
+    sha = model_hash(getattr(model, 'model', model)) if model is not None else None
+    out,rows = Path(out),[]
+    for i,f in enumerate(res.items):
+        row = dict(item=i, file=str(f) if isinstance(f, (str, os.PathLike)) else repr(f), sr=None, seg=None, error='')
+        try:
+            if _header(f) is None: raise ValueError(f"{row['file']}: not a DICOM file: no DICOM SR or SEG written (they reference a DICOM source)")
+            ts = [(t, n) for t,n in zip(res.targets[i].tolist(), res.target_names[i]) if t >= 0]
+            stem = f"{i:04d}_{Path(f).stem}"
+            got = dicom_outputs(f, out/f"{stem}_sr.dcm", out/f"{stem}_seg.dcm" if seg else None, boxes[boxes['item']==i],
+                                res.original_maps(i)[:len(ts)], [n for _,n in ts], (ts[0][1], float(res.probs[i, ts[0][0]])),
+                                res.method, res.layer, sha, codes)
+            row.update({k: str(v) for k,v in got.items()})
+        except Exception as e: row['error'] = ' '.join(str(e).split()) or type(e).__name__
+        rows.append(row)
+    return pd.DataFrame(rows, columns=['item', 'file', 'sr', 'seg', 'error'])
+
+# %% ../nbs/14_dicom_out.ipynb #a67ee588
+def read_codes(path) -> dict:
+    "`{class: (value, scheme, meaning)}` from a JSON file `{\"class\": [\"value\", \"scheme\", \"meaning\"]}`; ValueError in one line when it isn't one"
+    import json
+    try: d = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e: raise ValueError(f"can't read the codes file {path}: {' '.join(str(e).split())}") from None
+    bad = [k for k,v in (d.items() if isinstance(d, dict) else []) if not (isinstance(v, (list, tuple)) and len(v)==3 and all(isinstance(o, str) and o for o in v))]
+    if not isinstance(d, dict) or bad:
+        raise ValueError(f"the codes file {path} must map each class to [code value, coding scheme, meaning], e.g. {{\"nodule\": [\"27925004\", \"SCT\", \"Nodule\"]}}" + (f"; not so for {bad[:3]}" if bad else ''))
+    return {str(k): tuple(v) for k,v in d.items()}
+
+def dicom_config(codes_file=None, model=None) -> dict:
+    "What `fastcam run --dicom-out` needs for every file: the codes and the model's hash (highdicom checked now, not at the first file)"
+    _highdicom()
+    return dict(codes=read_codes(codes_file) if codes_file else None, model_sha=model_hash(model) if model is not None else None)
+
+def dicom_record(rec:dict, # the record of an explained file (file, class, prob, layer, method, boxes)
+                 m, # its map `[H, W]` in original pixels, 0..1
+                 cfg:dict, # from `dicom_config`
+                 sr_path, seg_path, # where to write them
+                 out) -> dict: # the run's folder: the record's paths are relative to it
+    "`{'dicom': {'sr': path, 'seg': path}}` after writing the file's SR and SEG, or `{'dicom_error': why}` (a non-DICOM input, a source they can't be made for)"
+    f = rec['file']
+    try:
+        if _header(f) is None: raise ValueError(f"{f}: not a DICOM file: no DICOM SR or SEG written (they reference a DICOM source)")
+        got = dicom_outputs(f, sr_path, seg_path, rec.get('boxes') or [], m[None], [rec['class']], (rec['class'], rec['prob']),
+                            rec.get('method') or 'gradcam', rec.get('layer'), cfg.get('model_sha'), cfg.get('codes'))
+    except Exception as e:
+        msg = ' '.join(str(e).split()) or type(e).__name__
+        return dict(dicom_error=msg if str(f) in msg else f"{f}: DICOM outputs not written: {type(e).__name__}: {msg}")
+    return dict(dicom={k: Path(v).relative_to(out).as_posix() for k,v in got.items()})

@@ -75,8 +75,8 @@ def boxes_table(records:list) -> pd.DataFrame:
     return df.astype({c: 'Int64' for c in ['x0','y0','x1','y1']})
 
 def errors_table(records:list) -> pd.DataFrame:
-    "One row per failed file: file, error"
-    return pd.DataFrame([dict(file=r['file'], error=r['error']) for r in records if r.get('error')], columns=['file', 'error'])
+    "One row per failed file, and per file whose DICOM outputs weren't written (`dicom_error`, e.g. a PNG with --dicom-out): file, error"
+    return pd.DataFrame([dict(file=r['file'], error=r.get('error') or r['dicom_error']) for r in records if r.get('error') or r.get('dicom_error')], columns=['file', 'error'])
 
 # %% ../nbs/10_report.ipynb #c03f01e9
 def coco_results(records:list, vocab:list) -> dict:
