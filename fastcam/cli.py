@@ -193,7 +193,7 @@ def _write_jobs(jobs, out, dicom:dict=None):
             if j.raw is not None:
                 buf = io.BytesIO(); np.save(buf, j.raw)
                 atomic_write(_out_path(out, 'maps', f, '.npy'), buf.getvalue(), 'wb', fsync=False)
-            if dicom is not None: j.rec.update(dicom_record(j.rec, j.map, dicom, _out_path(out, 'dicom', f, '.sr.dcm'), _out_path(out, 'dicom', f, '.seg.dcm'), out))
+            if dicom is not None: j.rec.update(dicom_record(j.rec, j.map, dicom, *(_out_path(out, 'dicom', f, f'.{k}.dcm') for k in ('sr', 'seg')), out, _out_path(out, 'dicom', f, '.pr.dcm')))
             done.append(j)
         except Exception as e: _error(out, f, e)
     sync_disk(out)
@@ -287,7 +287,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         vocab:str=None, # With --weights: comma-separated class names, in the model's output order
         size:int=224, # With --weights: model input size
         num_processes:int=1, # Processes on this machine (each takes every N-th file)
-        dicom_out:store_true=False, # Also write, per DICOM input, a DICOM SR of its boxes and a Segmentation of its map into dicom/ (needs highdicom)
+        dicom_out:store_true=False, # Also write, per DICOM input, a DICOM SR and a presentation state of its boxes and a Segmentation of its map into dicom/ (needs highdicom)
         dicom_codes:str=None, # JSON file (implies --dicom-out) {"class": ["code value", "scheme", "meaning"]} coding the findings; default: the class name in scheme 99FASTCAM
         progress:Annotated[bool, dict(help="Don't show a progress bar")]=True): # Show a progress bar (the command line's --no-progress hides it)
     "Explain DICOM/image files into overlays, boxes.csv, boxes.coco.json, errors.csv and report.html in --out"

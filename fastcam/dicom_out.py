@@ -15,8 +15,8 @@ from .items import is_dicom
 
 # %% auto #0
 __all__ = ['spacing_keys', 'mm_cols', 'pixel_spacing', 'box_mm', 'add_mm', 'record_mm', 'source_header', 'default_code',
-           'model_hash', 'boxes_sr', 'map_seg', 'save_dicom', 'dicom_outputs', 'result_dicom', 'read_codes',
-           'dicom_config', 'dicom_record']
+           'model_hash', 'boxes_sr', 'map_seg', 'boxes_gsps', 'save_dicom', 'dicom_outputs', 'result_dicom',
+           'read_codes', 'dicom_config', 'dicom_record', 'sr_boxes']
 
 # %% ../nbs/14_dicom_out.ipynb #11a7c316
 spacing_keys = ('PixelSpacing', 'ImagerPixelSpacing')   # in order of preference
@@ -207,7 +207,7 @@ def _declare_schemes(obj):
     if items: obj.CodingSchemeIdentificationSequence = items
     return obj
 
-# %% ../nbs/14_dicom_out.ipynb #01585cde
+# %% ../nbs/14_dicom_out.ipynb #c8cab672
 def map_seg(src, # the source DICOM: a path or a data set (it is never modified)
             maps, # `[T, H, W]` (or `[H, W]`) in 0..1 at the source's Rows x Columns: the normalised maps, e.g. `res.original_maps(i)`
             names, # the class of each map
@@ -242,7 +242,30 @@ def map_seg(src, # the source DICOM: a path or a data set (it is never modified)
     if 'PatientOrientation' not in seg: seg.PatientOrientation = ds.get('PatientOrientation', None) or ''   # Type 2C in General Image
     return _declare_schemes(seg)
 
-# %% ../nbs/14_dicom_out.ipynb #9ae48ac8
+# %% ../nbs/14_dicom_out.ipynb #beba8aa6
+def boxes_gsps(src, # the source DICOM: a path or a data set (it is never modified)
+               boxes, # its boxes: dicts or a DataFrame with class, prob, x0, y0, x1, y1 (rows without a box are left out)
+               series_number:int=9903, series_description:str='fastcam boxes (presentation state)'):
+    "A highdicom `GrayscaleSoftcopyPresentationState` of `src` with `boxes` drawn as polylines and labelled with class and probability"
+    import fastcam
+    hd = _highdicom()
+    ds = source_header(src)
+    rows = [r for r in (boxes.to_dict('records') if isinstance(boxes, pd.DataFrame) else list(boxes)) if _has_box(r)]
+    layer = hd.pr.GraphicLayer(layer_name='FASTCAM', order=1, description='fastcam boxes')
+    px = hd.pr.AnnotationUnitsValues.PIXEL
+    objs = [hd.pr.GraphicObject(graphic_type=hd.pr.GraphicTypeValues.POLYLINE, graphic_data=_box_polyline(b).astype(np.float64), units=px) for b in rows]
+    texts = [hd.pr.TextObject(text_value=f"{b['class']} {float(b['prob']):.2f}"[:64], units=px, anchor_point=(float(b['x0']), float(b['y0']))) for b in rows]
+    anns = [hd.pr.GraphicAnnotation(referenced_images=[ds], graphic_layer=layer, graphic_objects=objs, text_objects=texts)] if rows else None
+    pr = hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=[ds], series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer='fastcam', manufacturer_model_name='fastcam', software_versions=fastcam.__version__, device_serial_number='none',
+        content_label='FASTCAM', content_description=series_description[:64], graphic_annotations=anns, graphic_layers=[layer])
+    pr.SeriesDescription = series_description
+    if 'BodyPartExamined' in ds: pr.BodyPartExamined = ds.BodyPartExamined   # a chest is unpaired: then Laterality stays out
+    else: pr.Laterality = ds.get('ImageLaterality', None) or ds.get('Laterality', None) or ''   # Type 2C: unknown
+    return pr
+
+# %% ../nbs/14_dicom_out.ipynb #13ea2af5
 def save_dicom(obj:Dataset, path) -> Path:
     "Write DICOM data set `obj` (with file meta) to `path` atomically: a complete file or none"
     import io
@@ -256,42 +279,45 @@ def dicom_outputs(src, # the source DICOM file
                   boxes, # the source's boxes (dicts or a DataFrame)
                   maps=None, names=None, # its maps `[T, H, W]` in original pixels and their classes, for the SEG
                   image_finding:tuple=None, # `(class, probability)` of the whole image, for the SR
-                  method:str='gradcam', layer:str=None, model_sha:str=None, codes:dict=None) -> dict:
-    "Write the SR of `boxes` and the SEG of `maps` of DICOM `src`; `{'sr': path, 'seg': path}` of what was written"
+                  method:str='gradcam', layer:str=None, model_sha:str=None, codes:dict=None,
+                  gsps_path=None) -> dict: # where to write the presentation state of the boxes (None: don't)
+    "Write the SR of `boxes`, the SEG of `maps` and the GSPS of `boxes` of DICOM `src`; `{'sr': path, 'seg': path, 'gsps': path}` of what was written"
     res = {}
     if sr_path is not None: res['sr'] = save_dicom(boxes_sr(src, boxes, method, layer, model_sha, codes, image_finding=image_finding), sr_path)
     if seg_path is not None and maps is not None: res['seg'] = save_dicom(map_seg(src, maps, names, method, layer, model_sha, codes), seg_path)
+    if gsps_path is not None: res['gsps'] = save_dicom(boxes_gsps(src, boxes), gsps_path)
     return res
 
-# %% ../nbs/14_dicom_out.ipynb #beba8aa6
+# %% ../nbs/14_dicom_out.ipynb #24ec7c91
 def result_dicom(res, # a `CamResult` of files, from `learn.cam(files)`
-                 out, # folder for `NNNN_<name>_sr.dcm` and `NNNN_<name>_seg.dcm` (NNNN: the item's index)
+                 out, # folder for `NNNN_<name>_sr.dcm`, `NNNN_<name>_seg.dcm` and `NNNN_<name>_pr.dcm` (NNNN: the item's index)
                  boxes:pd.DataFrame=None, # its boxes table; `res.boxes(**box_kwargs)` when None
                  model=None, # the model (or Learner) explained, whose hash goes into the algorithm identification
                  codes:dict=None, # `{class: (value, scheme, meaning)}`; others get `default_code`
                  seg:bool=True, # also write the maps as a Segmentation
+                 gsps:bool=True, # also write the boxes as a presentation state
                  **box_kwargs) -> pd.DataFrame:
-    "Write an SR of the boxes and a SEG of the maps for each DICOM item of `res` into `out`; one row per item: item, file, sr, seg, error"
+    "Write an SR and a GSPS of the boxes and a SEG of the maps for each DICOM item of `res` into `out`; one row per item: item, file, sr, seg, gsps, error"
     _highdicom()
     if res.items is None: raise ValueError("this CamResult doesn't know its items: explain files with learn.cam(files)")
     boxes = res.boxes(**box_kwargs) if boxes is None else boxes
     sha = model_hash(getattr(model, 'model', model)) if model is not None else None
     out,rows = Path(out),[]
     for i,f in enumerate(res.items):
-        row = dict(item=i, file=str(f) if isinstance(f, (str, os.PathLike)) else repr(f), sr=None, seg=None, error='')
+        row = dict(item=i, file=str(f) if isinstance(f, (str, os.PathLike)) else repr(f), sr=None, seg=None, gsps=None, error='')
         try:
             if _header(f) is None: raise ValueError(f"{row['file']}: not a DICOM file: no DICOM SR or SEG written (they reference a DICOM source)")
             ts = [(t, n) for t,n in zip(res.targets[i].tolist(), res.target_names[i]) if t >= 0]
             stem = f"{i:04d}_{Path(f).stem}"
             got = dicom_outputs(f, out/f"{stem}_sr.dcm", out/f"{stem}_seg.dcm" if seg else None, boxes[boxes['item']==i],
                                 res.original_maps(i)[:len(ts)], [n for _,n in ts], (ts[0][1], float(res.probs[i, ts[0][0]])),
-                                res.method, res.layer, sha, codes)
+                                res.method, res.layer, sha, codes, gsps_path=out/f"{stem}_pr.dcm" if gsps else None)
             row.update({k: str(v) for k,v in got.items()})
         except Exception as e: row['error'] = ' '.join(str(e).split()) or type(e).__name__
         rows.append(row)
-    return pd.DataFrame(rows, columns=['item', 'file', 'sr', 'seg', 'error'])
+    return pd.DataFrame(rows, columns=['item', 'file', 'sr', 'seg', 'gsps', 'error'])
 
-# %% ../nbs/14_dicom_out.ipynb #a67ee588
+# %% ../nbs/14_dicom_out.ipynb #a529306d
 def read_codes(path) -> dict:
     "`{class: (value, scheme, meaning)}` from a JSON file `{\"class\": [\"value\", \"scheme\", \"meaning\"]}`; ValueError in one line when it isn't one"
     import json
@@ -311,14 +337,32 @@ def dicom_record(rec:dict, # the record of an explained file (file, class, prob,
                  m, # its map `[H, W]` in original pixels, 0..1
                  cfg:dict, # from `dicom_config`
                  sr_path, seg_path, # where to write them
-                 out) -> dict: # the run's folder: the record's paths are relative to it
-    "`{'dicom': {'sr': path, 'seg': path}}` after writing the file's SR and SEG, or `{'dicom_error': why}` (a non-DICOM input, a source they can't be made for)"
+                 out, # the run's folder: the record's paths are relative to it
+                 gsps_path=None) -> dict: # where to write the presentation state (None: don't)
+    "`{'dicom': {'sr': path, 'seg': path, 'gsps': path}}` after writing the file's SR, SEG and GSPS, or `{'dicom_error': why}` (a non-DICOM input, a source they can't be made for)"
     f = rec['file']
     try:
         if _header(f) is None: raise ValueError(f"{f}: not a DICOM file: no DICOM SR or SEG written (they reference a DICOM source)")
         got = dicom_outputs(f, sr_path, seg_path, rec.get('boxes') or [], m[None], [rec['class']], (rec['class'], rec['prob']),
-                            rec.get('method') or 'gradcam', rec.get('layer'), cfg.get('model_sha'), cfg.get('codes'))
+                            rec.get('method') or 'gradcam', rec.get('layer'), cfg.get('model_sha'), cfg.get('codes'), gsps_path)
     except Exception as e:
         msg = ' '.join(str(e).split()) or type(e).__name__
         return dict(dicom_error=msg if str(f) in msg else f"{f}: DICOM outputs not written: {type(e).__name__}: {msg}")
     return dict(dicom={k: Path(v).relative_to(out).as_posix() for k,v in got.items()})
+
+# %% ../nbs/14_dicom_out.ipynb #800f40b1
+def sr_boxes(path) -> pd.DataFrame:
+    "The planar ROIs of the TID 1500 SR at `path`: sop_instance_uid, class (code meaning), code, scheme, x0, y0, x1, y1 (the ROI's bounds) and one column per measurement"
+    hd = _highdicom()
+    sr = hd.sr.srread(path)
+    rows = []
+    for g in sr.content.get_planar_roi_measurement_groups():
+        roi = g.roi
+        pts = np.asarray(roi.value, np.float64).reshape(-1, 2)
+        ft = g.finding_type
+        r = dict(sop_instance_uid=roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID,
+                 **{'class': ft.meaning if ft else None}, code=ft.value if ft else None, scheme=ft.scheme_designator if ft else None,
+                 x0=pts[:,0].min(), y0=pts[:,1].min(), x1=pts[:,0].max(), y1=pts[:,1].max())
+        r.update({f"{m.name.meaning} ({m.unit.value})": float(m.value) for m in g.get_measurements()})
+        rows.append(r)
+    return pd.DataFrame(rows)

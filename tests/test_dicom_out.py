@@ -180,8 +180,27 @@ def test_seg_has_source_size_and_the_map(dicom_run):
 def test_written_objects_pass_dciodvfy(dicom_run):
     inp, out = dicom_run
     fs = sorted((out/'dicom').glob('*.dcm'))
-    assert len(fs) == 12   # an SR and a SEG for each of the six DICOM images
+    assert len(fs) == 18   # an SR, a SEG and a GSPS for each of the six DICOM images
     for f in fs: assert dciodvfy_errors(f) == [], f
+
+def test_gsps_draws_the_boxes_on_the_source(dicom_run):
+    "The presentation state read back by pydicom: it references the source, with each box of boxes.csv as a closed polyline in pixels"
+    inp, out = dicom_run
+    bx = pd.read_csv(out/'boxes.csv', keep_default_na=False, na_values=[''])
+    for f, rec in _records(out).items():
+        if not rec.get('dicom'): continue
+        src = pydicom.dcmread(f, stop_before_pixels=True)
+        pr = pydicom.dcmread(out/rec['dicom']['gsps'])
+        assert pr.SOPClassUID == '1.2.840.10008.5.1.4.1.1.11.1' and pr.StudyInstanceUID == src.StudyInstanceUID   # Grayscale Softcopy PS
+        assert pr.ReferencedSeriesSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+        rows = bx[(bx.file == f) & bx.x0.notna()]
+        ga = pr.GraphicAnnotationSequence[0]
+        assert ga.ReferencedImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+        got = [(o.GraphicType, o.GraphicAnnotationUnits, np.array(o.GraphicData, np.float32).reshape(-1, 2)) for o in ga.GraphicObjectSequence]
+        assert len(got) == len(rows)
+        for r, (t, u, pts) in zip(rows.itertuples(), got):
+            assert (t, u) == ('POLYLINE', 'PIXEL')
+            np.testing.assert_array_equal(pts, _polygon(r.x0, r.y0, r.x1, r.y1))
 
 def test_non_dicom_and_multiframe_inputs_get_one_line_errors(dicom_run):
     inp, out = dicom_run
@@ -204,7 +223,7 @@ def test_result_dicom_for_a_camresult(tmp_path):
     files = [tmp_path/'d'/'case_000.dcm', tmp_path/'p'/'case_000.png']
     res = learner_cam(learn, files, target='all')
     got = result_dicom(res, tmp_path/'out', model=learn, topk=2)
-    assert got.error[0] == '' and 'not a DICOM file' in got.error[1] and pd.isna(got.sr[1])
+    assert got.error[0] == '' and 'not a DICOM file' in got.error[1] and pd.isna(got.sr[1]) and Path(got.gsps[0]).exists()
     sr = hd.sr.srread(got.sr[0])
     want = res.boxes(topk=2)
     want = want[(want['item'] == 0) & want.x0.notna()]
