@@ -47,11 +47,12 @@ def _sha(f): return hashlib.sha256(Path(f).read_bytes()).hexdigest()
 
 @pytest.fixture(scope='module')
 def dicom_run(tmp_path_factory):
-    "`fastcam run --dicom-out` over synthetic DICOMs (one with ImagerPixelSpacing only, one without spacing nor Type 2 patient/study attributes, MONOCHROME1, two windows), a multi-frame file and a PNG"
+    "`fastcam run --dicom-out` over synthetic DICOMs (one with ImagerPixelSpacing only, one without spacing nor Type 2 patient/study attributes, MONOCHROME1, two windows, a rescale), a multi-frame file and a PNG"
     root = tmp_path_factory.mktemp('dcmout')
     inp = root/'in'
     make_dicom_set(inp, n=6, seed=7, size=(64, 80), folder='dcm')
     make_png_set(inp, n=1, seed=8, size=(64, 80), folder='png')
+    make_dicom_set(inp/'rescaled', n=1, seed=9, size=(64, 80), rescale=(2.0, -1000.0))   # RescaleSlope/Intercept
     d = inp/'dcm'
     _edit(d/'case_001.dcm', lambda ds: (_drop(ds, 'PixelSpacing'), setattr(ds, 'ImagerPixelSpacing', ['0.25', '0.5'])))   # rows 0.25 mm apart, columns 0.5: the order matters
     _edit(d/'case_002.dcm', lambda ds: _drop(ds, 'PixelSpacing', 'ImagerPixelSpacing', 'PatientBirthDate', 'PatientSex', 'AccessionNumber', 'ReferringPhysicianName', 'StudyTime'))
@@ -152,7 +153,7 @@ def test_sr_rois_and_references_equal_boxes_csv_and_source(dicom_run):
         texts = _texts(raw)
         assert ('Algorithm Name', f"fastcam {rec['method']}") in texts and ('Algorithm Parameters', f"layer={rec['layer']}") in texts
         assert ('Algorithm Parameters', f"model_sha256={sha}") in texts
-    assert n_sr == 6   # the multi-frame file is refused, the PNG has no DICOM outputs
+    assert n_sr == 7   # the multi-frame file is refused, the PNG has no DICOM outputs
 
 def test_seg_has_source_size_and_the_map(dicom_run):
     "The SEG of each file read back by highdicom: the source's Rows x Columns, referencing it; its values the map that made the file's boxes"
@@ -180,7 +181,7 @@ def test_seg_has_source_size_and_the_map(dicom_run):
 def test_written_objects_pass_dciodvfy(dicom_run):
     inp, out = dicom_run
     fs = sorted((out/'dicom').glob('*.dcm'))
-    assert len(fs) == 18   # an SR, a SEG and a GSPS for each of the six DICOM images
+    assert len(fs) == 21   # an SR, a SEG and a GSPS for each of the seven DICOM images
     for f in fs: assert dciodvfy_errors(f) == [], f
 
 def test_gsps_draws_the_boxes_on_the_source(dicom_run):
