@@ -244,3 +244,28 @@ def test_missing_highdicom_is_one_line(monkeypatch, tmp_path):
     (tmp_path/'bad.json').write_text('{"nodule": "27925004"}')
     monkeypatch.delitem(sys.modules, 'highdicom')
     with pytest.raises(ValueError, match=r'must map each class to \[code value, coding scheme, meaning\]'): dicom_config(tmp_path/'bad.json')
+
+def _uids(ds):
+    "(concept name, UID) of every UIDREF content item of an SR, at any depth"
+    res = []
+    for it in ds.get('ContentSequence', []):
+        if 'UID' in it: res.append((it.ConceptNameCodeSequence[0].CodeMeaning, it.UID))
+        res += _uids(it)
+    return res
+
+def test_cross_sectional_source_is_referenced_with_its_frame_of_reference(tmp_path):
+    "A CT slice (pydicom's CT_small.dcm): the SR's image library and the SEG carry its Frame of Reference; all three objects valid"
+    import highdicom as hd
+    from fastcam.dicom_out import boxes_sr, map_seg, boxes_gsps, save_dicom
+    f = pydicom.data.get_testdata_file('CT_small.dcm')
+    src = pydicom.dcmread(f)
+    box = [dict(x0=3, y0=4, x1=20, y1=30, prob=0.9, score=0.5, **{'class': 'nodule'})]
+    m = np.random.default_rng(0).random((src.Rows, src.Columns))
+    fs = [save_dicom(boxes_sr(f, box, image_finding=('nodule', 0.9)), tmp_path/'sr.dcm'), save_dicom(map_seg(f, m, ['nodule']), tmp_path/'seg.dcm'),
+          save_dicom(boxes_gsps(f, box), tmp_path/'pr.dcm')]
+    assert ('Frame of Reference UID', src.FrameOfReferenceUID) in _uids(pydicom.dcmread(fs[0]))
+    seg = hd.seg.segread(fs[1])
+    assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID and (seg.Rows, seg.Columns) == (src.Rows, src.Columns)
+    assert np.abs(seg.get_pixels_by_source_instance([src.SOPInstanceUID], segment_numbers=[1])[0, ..., 0] - m).max() <= 0.5/255 + 1e-6
+    if DCIODVFY:
+        for o in fs: assert dciodvfy_errors(o) == [], o
