@@ -14,7 +14,7 @@ from typing import Annotated
 warnings.filterwarnings('ignore', category=FutureWarning, module='torch.jit')  # fastai's import-time torch.jit.script notice
 import numpy as np, pandas as pd, torch
 import matplotlib
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from fastcore.script import call_parse, parse_cli, store_true, CliError
 from fastai.vision.all import (DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, Flip, XResNet, ResBlock, Normalize, imagenet_stats,
                                vision_learner, accuracy, load_learner, Learner, create_body)
@@ -22,6 +22,7 @@ from .core import learner_cam
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
 from .report import atomic_write, sync_disk, write_outputs
 from .dicom_out import record_mm, dicom_config, dicom_record
+from .overlay import render_overlay, with_unseen
 from .synth import make_dicom_set
 
 # %% auto #0
@@ -102,47 +103,19 @@ def _error(out, f, e):
     atomic_write(_record_path(out, f), json.dumps(dict(file=str(f), error=_one_line(msg))), fsync=False)
 
 # %% ../nbs/11_cli.ipynb #dcee1d44
-_palette = ['red', 'lime', 'deepskyblue', 'yellow', 'magenta', 'orange', 'cyan', 'white']
-overlay_side = 1024   # longest side of an overlay PNG in pixels; smaller images keep their own size
-
-@functools.cache
-def _lut(name): return (matplotlib.colormaps[name](np.arange(256))[:, :3]*255).round().astype(np.uint8)
-
-@functools.cache
-def _blend():
-    "`_blend()[v, h]`: grey level `v` in `bone` and map level `h` in `magma`, half and half (alpha 0.5)"
-    return ((_lut('bone')[:, None].astype(np.uint16) + _lut('magma')[None])//2).astype(np.uint8)
-
-@functools.cache
-def _font(size): return ImageFont.load_default(size=size)
+overlay_side = 1024   # longest side of an overlay's image in pixels: larger images are scaled down, smaller ones up to 512 (legible labels)
 
 def _out_path(out, kind, f, ext): return Path(out)/kind/f"{Path(f).stem}_{_key(f)[:8]}{ext}"   # e.g. overlays/case_001_79ee1d3b.png
 
-def _overlay(img, m, title, boxes, out, f, vocab):
-    "Save the overlay PNG of file `f`: `img` (its original pixels, scaled down past `overlay_side`), the map `m` (`[H, W]` in original pixels, 0 to 1) blended over it, `boxes` (dicts) colored per class, `title` on top"
-    img,m = np.asarray(img),m.float().clamp(0, 1)
-    H,W = img.shape[:2]
-    s = min(1., overlay_side/max(H, W))
-    if s < 1:
-        H,W = max(1, round(H*s)),max(1, round(W*s))
-        img = np.asarray(Image.fromarray(img).resize((W, H), Image.BILINEAR))
-        m = torch.nn.functional.interpolate(m[None,None], (H, W), mode='bilinear')[0,0]
-    h = (m*255).round().to(torch.uint8).numpy()
-    im = Image.fromarray(_blend()[img, h] if img.ndim==2 else ((img[..., :3].astype(np.uint16) + _lut('magma')[h])//2).astype(np.uint8))   # alpha 0.5
-    fs = max(10, W//25)
-    font = _font(fs)
-    d,lw = ImageDraw.Draw(im),max(2, round(max(H, W)/200))
-    colors = {str(v): _palette[k % len(_palette)] for k,v in enumerate(vocab)}
-    for r in boxes:
-        b = [round(r[k]*s) for k in ('x0', 'y0', 'x1', 'y1')]
-        d.rectangle(b, outline='black', width=lw+2)
-        d.rectangle([b[0]+1, b[1]+1, b[2]-1, b[3]-1], outline=colors.get(str(r['label']), 'white'), width=lw)
-        d.text((b[0]+lw+2, b[1]+lw+2), f"{r['label']} {r['score']:.2f}", fill=colors.get(str(r['label']), 'white'), font=font, stroke_width=1, stroke_fill='black')
-    page = Image.new('RGB', (W, H + 2*fs), 'white')   # the title strip: class and probability, as the notebooks' overlays
-    page.paste(im, (0, 2*fs))
-    ImageDraw.Draw(page).text((W//2, fs), title, fill='black', font=font, anchor='mm')
-    buf = io.BytesIO(); page.save(buf, 'PNG', compress_level=1)
-    return atomic_write(_out_path(out, 'overlays', f, '.png'), buf.getvalue(), 'wb', fsync=False)
+def _png(im, path):
+    buf = io.BytesIO(); im.save(buf, 'PNG', compress_level=1)
+    return atomic_write(path, buf.getvalue(), 'wb', fsync=False)
+
+def _overlay(img, m, title, boxes, out, f, vocab, truth=None):
+    "Save the overlay PNG of file `f` (`img` in its original pixels, its map `m` `[H, W]` 0 to 1 with NaN where unseen, `boxes` dicts, `title`, true boxes `truth`), and the same picture without map and boxes in originals/"
+    kw = dict(title=title, vocab=vocab, max_side=overlay_side, min_side=min(512, overlay_side))
+    _png(render_overlay(img, None, **kw), _out_path(out, 'originals', f, '.png'))
+    return _png(render_overlay(img, m, boxes, truth=truth, **kw), _out_path(out, 'overlays', f, '.png'))
 
 # %% ../nbs/11_cli.ipynb #7a3bb9a7
 _Read = namedtuple('_Read', 'file item img')   # a file, what `test_dl` gets for it, the overlay's pixels
@@ -175,12 +148,15 @@ def _explain_batch(learn, batch, cfg) -> list:
     jobs = []
     for i,o in enumerate(batch):
         c = int(res.targets[i,0])
+        p = int(res.probs[i].argmax())
         rec = dict(file=str(o.file), size=list(res.orig_sizes[i]), **{'class': str(vocab[c])}, prob=float(res.probs[i,c]),
-                   overlay=_out_path('', 'overlays', o.file, '.png').as_posix(), layer=res.layer, method=res.method,
+                   pred=str(vocab[p]), pred_prob=float(res.probs[i,p]),
+                   overlay=_out_path('', 'overlays', o.file, '.png').as_posix(), original=_out_path('', 'originals', o.file, '.png').as_posix(),
+                   layer=res.layer, method=res.method,
                    boxes=[dict(**{'class': str(r['label'])}, prob=float(r['prob']), x0=int(r['x0']), y0=int(r['y0']), x1=int(r['x1']), y1=int(r['y1']),
                                score=float(r['score'])) for r in boxes[i]])
         record_mm(rec)   # box sizes in mm from the file's PixelSpacing or ImagerPixelSpacing (fastcam.dicom_out)
-        jobs.append(_Job(o, mos[i][0], f"{vocab[c]} {float(res.probs[i,c]):.2f}", boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab))
+        jobs.append(_Job(o, with_unseen(mos[i][0], res.geometry), f"{vocab[c]} {float(res.probs[i,c]):.2f}", boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab))
     return jobs
 
 def _write_jobs(jobs, out, dicom:dict=None):

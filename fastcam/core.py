@@ -192,7 +192,7 @@ class CamResult:
         "The maps `[T,H,W]` of item `i` in its original pixels (see `fastcam.boxes.result_original_maps`)"
         from fastcam.boxes import result_original_maps
         return result_original_maps(self, i, **kwargs)
-    def show(self, imgs, **kwargs):
+    def show(self, imgs=None, **kwargs):
         "Draw each item's map over its image (see `fastcam.show.show_result`)"
         from fastcam.show import show_result
         return show_result(self, imgs, **kwargs)

@@ -6,7 +6,7 @@ Docs: https://fastcam.github.io/fastcam/report.html.md"""
 
 # %% ../nbs/10_report.ipynb #9f1f0be4
 from __future__ import annotations
-import html, json, os, sys, tempfile
+import html, json, os, sys, tempfile, urllib.parse
 from pathlib import Path
 import numpy as np, pandas as pd
 
@@ -95,37 +95,172 @@ def coco_results(records:list, vocab:list) -> dict:
     return dict(info=dict(description='fastcam weak-localization boxes'), images=images,
                 categories=[dict(id=i, name=n) for n,i in cats.items()], annotations=anns)
 
-# %% ../nbs/10_report.ipynb #f7f097f7
-_style = """body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}
-.g{display:flex;flex-wrap:wrap;gap:10px}.c{width:240px;font-size:12px}.c img{width:240px}button{margin:0 4px}"""
-_script = """function srt(d){const g=document.getElementById('g');[...g.children].sort((a,b)=>d*(a.dataset.p-b.dataset.p)).forEach(c=>g.appendChild(c));}"""
+# %% ../nbs/10_report.ipynb #420fa41e
+_style = """body{font-family:system-ui,sans-serif;margin:1.2em 2em;color:#111;background:#fff;line-height:1.35}
+h1{margin:.2em 0}h2{margin-top:1.4em;border-bottom:1px solid #ccc}table{border-collapse:collapse;margin:.4em 0}
+td,th{border:1px solid #bbb;padding:3px 9px;text-align:left;vertical-align:top}th{background:#eee}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.run td:first-child{font-weight:600}.top{display:flex;flex-wrap:wrap;gap:0 3em;align-items:flex-start}.top section{max-width:46em}.run td{word-break:break-all}.note{color:#444;font-size:90%}
+.bar{display:flex;flex-wrap:wrap;gap:.6em 1.4em;align-items:center;position:sticky;top:0;background:#f6f6f6;padding:.6em;border:1px solid #ccc;z-index:1}
+.bar label{font-weight:600}select,input,button{font:inherit;padding:2px 4px}
+:focus-visible{outline:3px solid #1a5fb4;outline-offset:2px}
+.g{display:flex;flex-wrap:wrap;gap:12px;margin-top:.8em;align-items:flex-start}.c{width:min-content;font-size:13px;border:1px solid #ccc;padding:4px;margin:0;background:#fafafa}
+.c img{height:340px;width:auto;max-width:90vw;display:block;background:#111}.c figcaption{padding:3px 2px}.c .f{word-break:break-all;color:#333}
+.t{font-size:11px;font-weight:700;padding:1px 5px;border-radius:3px;margin-right:3px;display:inline-block}
+.lo{background:#ffe08a}.nb{background:#d7d7d7}.wr{background:#f6b6b6}.ok{background:#b9e6b9}[hidden]{display:none!important}"""
 
-def _e(s): return html.escape(str(s))
+_script = """const $=s=>document.querySelector(s),cards=()=>[...document.querySelectorAll('#g figure')];
+function apply(){
+  const cls=$('#f-pred').value,band=$('#f-band').value,box=$('#f-box').value,q=$('#f-text').value.toLowerCase();
+  const [lo,hi]=band?band.split('-').map(Number):[0,2];let n=0;
+  for(const c of cards()){const d=c.dataset,p=+d.p;
+    const ok=(!cls||d.pred===cls)&&p>=lo&&(p<hi||(hi>=1&&p<=1))&&(!box||(box==='box'?d.box==='1':box==='nobox'?d.box==='0':d.low==='1'))&&(!q||d.file.toLowerCase().includes(q));
+    c.hidden=!ok;if(ok)n++;}
+  $('#shown').textContent=n+' of '+cards().length+' files shown';}
+function sortBy(){const k=$('#f-sort').value,g=$('#g'),num=k==='p-'||k==='p+'||k==='iou+'||k==='iou-';
+  const key=c=>k[0]==='p'?+c.dataset.p:k[0]==='i'?(c.dataset.iou===''?-1:+c.dataset.iou):c.dataset.file;
+  const s=k.endsWith('-')?-1:1;
+  cards().sort((a,b)=>num?s*(key(a)-key(b)):key(a).localeCompare(key(b))).forEach(c=>g.appendChild(c));}
+function view(orig){for(const c of cards())show(c,orig);}
+function show(c,orig){const i=c.querySelector('img'),b=c.querySelector('button');if(!c.dataset.orig)return;
+  i.src=orig?c.dataset.orig:c.dataset.ov;i.alt=(orig?'Original of ':'Overlay of ')+c.dataset.desc;b.textContent=orig?'show overlay':'show original';b.setAttribute('aria-pressed',orig);}
+function flip(b){const c=b.closest('figure');show(c,b.getAttribute('aria-pressed')!=='true');}
+document.addEventListener('DOMContentLoaded',()=>{for(const id of ['f-pred','f-band','f-box','f-text'])$('#'+id).addEventListener('input',apply);
+  $('#f-sort').addEventListener('change',sortBy);for(const r of document.querySelectorAll('input[name=view]'))r.addEventListener('change',e=>view(e.target.value==='original'));apply();});"""
 
-def report_html(records:list, title:str='fastcam report', summary:dict=None) -> str:
-    "A static HTML page: counts, class distribution, errors and a gallery of overlays sortable by probability"
+def _e(s): return html.escape(str(s), quote=True)
+
+def _url(p): return _e(urllib.parse.quote(str(p)))
+
+def _num(v, fmt='{:.3f}'):
+    try: return fmt.format(float(v))
+    except (TypeError, ValueError): return '' if v is None else str(v)
+
+def _table(rows, head, cls='', caption=None) -> str:
+    "An HTML table of `rows` (lists of cells: text is escaped, floats formatted, numbers right-aligned) under header `head`"
+    cell = lambda v: f"<td class='n'>{_num(v) if isinstance(v, float) else v}</td>" if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else f"<td>{_e(v)}</td>"
+    cap = f"<caption class='note'>{_e(caption)}</caption>" if caption else ''
+    return (f"<table class='{cls}'>{cap}<thead><tr>" + ''.join(f"<th scope='col'>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + ''.join('<tr>' + ''.join(cell(v) for v in r) + '</tr>' for r in rows) + "</tbody></table>")
+
+# %% ../nbs/10_report.ipynb #13605746
+def _flat(d, pre='') -> list:
+    "`(key, value)` pairs of a nested dict, nested keys joined with '.', lists joined with ', '"
+    out = []
+    for k,v in (d or {}).items():
+        if isinstance(v, dict): out += _flat(v, f"{pre}{k}.")
+        elif isinstance(v, (list, tuple)): out.append((f"{pre}{k}", ', '.join(_fmt_item(o) for o in v) if v else '(none)'))
+        else: out.append((f"{pre}{k}", '' if v is None else v))
+    return out
+
+def _fmt_item(o): return ', '.join(f"{k}: {v}" for k,v in o.items()) if isinstance(o, dict) else str(o)
+
+def _run_section(info) -> str:
+    "The run's metadata: what made these results (model file and hash, layers, method, options, versions, date, command line)"
+    if not info: return "<h2 id='run'>Run</h2><p class='note'>No run metadata was given to the report.</p>"
+    rows = [(k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, bool) else v) for k,v in _flat(info)]
+    return "<h2 id='run'>Run</h2>" + _table(rows, ['what', 'value'], 'run')
+
+# %% ../nbs/10_report.ipynb #aa724ddb
+def _class_section(ok, low_prob) -> str:
+    "Files per class: as the model's prediction and as the explained target, with how many of them got a box, and how many predictions are unsure"
+    pred = pd.Series([str(r.get('pred', '')) for r in ok if r.get('pred') is not None], dtype=object)
+    tgt = pd.Series([str(r['class']) for r in ok], dtype=object)
+    boxed = pd.Series([str(r['class']) for r in ok if r.get('boxes')], dtype=object)
+    low = pd.Series([str(r['pred']) for r in ok if r.get('pred') is not None and float(r.get('pred_prob', 1)) < low_prob], dtype=object)
+    names = list(dict.fromkeys(list(pred.value_counts().index) + list(tgt.value_counts().index)))
+    vc = lambda s,k: int(s.value_counts().get(k, 0))
+    rows = [(k, vc(pred, k) if len(pred) else '', vc(low, k) if len(pred) else '', vc(tgt, k), vc(boxed, k)) for k in names]
+    note = (f"'predicted' counts each file under the class the model gives the highest probability; 'explained' under the class its map and boxes "
+            f"are about (the predicted one unless the run chose --target); 'unsure' counts predictions with probability below {low_prob:g}.")
+    if not len(pred): note += " These records carry no prediction (a run of an older fastcam): only the explained targets are known."
+    return "<h2 id='classes'>Classes</h2>" + _table(rows, ['class', 'predicted (files)', 'of them unsure', 'explained (files)', 'explained with a box'], caption=note)
+
+# %% ../nbs/10_report.ipynb #750ebb18
+def _truth_section(truth, ok) -> str:
+    "Ground truth: the summary metrics and the IoU of each file's best box with its true boxes"
+    if not truth: return ''
+    names = dict(pointing='pointing game (peak inside a true box)', box_acc='BoxAcc (IoU >= 0.5)', coco_ap='COCO AP (IoU .50:.95)', coco_ap50='COCO AP50')
+    keys = [k for k in truth if k not in ('per_file',)]
+    rows = [(names.get(k, k), truth[k] if truth[k] is not None else 'n/a') for k in keys]
+    per = truth.get('per_file') or {}
+    fr = sorted(((f, d.get('iou')) for f,d in per.items()), key=lambda o: (o[1] is not None, o[1] or 0))
+    files = ("<details><summary>IoU per file (" + str(len(fr)) + " files with truth, worst first)</summary>"
+             + _table([(f, float(i) if i is not None else 'no box') for f,i in fr], ['file', 'best IoU']) + "</details>") if fr else ''
+    return "<h2 id='truth'>Ground truth</h2>" + _table(rows, ['metric', 'value']) + files
+
+# %% ../nbs/10_report.ipynb #d942e72a
+def _card(r, truth_files, low_prob) -> str:
+    "One file in the gallery: its overlay (toggling to the original), and what was predicted, explained and boxed"
+    bs = r.get('boxes') or []
+    t = truth_files.get(r['file'], {}) if truth_files else {}
+    iou = t.get('iou') if t else None
+    pp = r.get('pred_prob')
+    low = pp is not None and float(pp) < low_prob
+    tags = (["<span class='t lo'>unsure</span>"] if low else []) + ([f"<span class='t nb'>no box{': ' + _e(r['reason']) if r.get('reason') else ''}</span>"] if not bs else [])
+    if r.get('pred') is not None and str(r['pred']) != str(r['class']): tags.append("<span class='t wr'>explains a non-predicted class</span>")
+    bx = '; '.join(f"{_e(b['class'])} ({b['x0']},{b['y0']})-({b['x1']},{b['y1']}) score {_num(b['score'], '{:.2f}')}"
+                   + (f" {b['width_mm']:.1f} x {b['height_mm']:.1f} mm" if b.get('width_mm') is not None else '')
+                   + (f" IoU {_num(b['iou'], '{:.2f}')}" if b.get('iou') is not None else '') for b in bs) or 'no box'
+    pred = f"predicted <b>{_e(r['pred'])}</b> {_num(pp)}; " if r.get('pred') is not None else ''
+    desc = f"{r['file']}: explained {r['class']} (probability {_num(r['prob'])})" + (f", predicted {r['pred']} ({_num(pp)})" if r.get('pred') is not None else '') + f"; {len(bs)} box{'es' if len(bs)!=1 else ''}"
+    orig = r.get('original')
+    toggle = f"<button type='button' onclick='flip(this)' aria-pressed='false'>show original</button>" if orig else ''
+    data = (f" data-p='{float(r['prob']):.6f}' data-pred='{_e(r.get('pred', ''))}' data-box='{int(bool(bs))}' data-low='{int(low)}'"
+            f" data-file='{_e(r['file'])}' data-iou='{'' if iou is None else f'{float(iou):.4f}'}' data-ov='{_url(r['overlay'])}' data-orig='{_url(orig) if orig else ''}' data-desc='{_e(desc)}'")
+    return (f"<figure class='c'{data}><a href='{_url(r['overlay'])}'><img src='{_url(r['overlay'])}' alt='Overlay of {_e(desc)}' loading='lazy'></a>"
+            f"<figcaption>{''.join(tags)}<br>explained <b>{_e(r['class'])}</b> {_num(r['prob'])}; {pred}{'IoU ' + _num(iou, '{:.2f}') + '; ' if iou is not None else ''}"
+            f"<br>{bx}<br><span class='f'>{_e(r['file'])}</span><br>{toggle}</figcaption></figure>")
+
+# %% ../nbs/10_report.ipynb #c708346b
+def _controls(ok, has_iou) -> str:
+    "The gallery's filters, sort and view switch: form controls, so they work with the keyboard and screen readers"
+    preds = sorted({str(r['pred']) for r in ok if r.get('pred') is not None})
+    opt = lambda v,t: f"<option value='{_e(v)}'>{_e(t)}</option>"
+    bands = [('', 'any'), ('0-0.5', 'below 0.5'), ('0.5-0.8', '0.5 to 0.8'), ('0.8-1', '0.8 and above')]
+    sorts = [('p-', "target's probability, high first"), ('p+', "target's probability, low first"), ('f+', 'file name')] + ([('iou+', 'IoU, worst first'), ('iou-', 'IoU, best first')] if has_iou else [])
+    return ("<div class='bar' role='search' aria-label='Filter and sort the files'>"
+            f"<span><label for='f-pred'>predicted class</label> <select id='f-pred'>{opt('', 'any')}{''.join(opt(p, p) for p in preds)}</select></span>"
+            f"<span><label for='f-band'>target's probability</label> <select id='f-band'>{''.join(opt(v, t) for v,t in bands)}</select></span>"
+            f"<span><label for='f-box'>cases</label> <select id='f-box'>{opt('', 'all')}{opt('box', 'with a box')}{opt('nobox', 'no box (abstained)')}{opt('low', 'unsure prediction')}</select></span>"
+            f"<span><label for='f-sort'>sort by</label> <select id='f-sort'>{''.join(opt(v, t) for v,t in sorts)}</select></span>"
+            "<span><label for='f-text'>file</label> <input id='f-text' type='search' size='14' placeholder='part of a name'></span>"
+            "<fieldset style='border:0;padding:0;margin:0'><legend style='float:left;font-weight:600;margin-right:.4em'>view</legend>"
+            "<label><input type='radio' name='view' value='overlay' checked> overlay</label> <label><input type='radio' name='view' value='original'> original</label></fieldset>"
+            "<span id='shown' role='status' aria-live='polite'></span></div>")
+
+# %% ../nbs/10_report.ipynb #13336c57
+def report_html(records:list, title:str='fastcam report',
+                summary:dict=None, # Counts of this run (done, skipped, failed), shown under the title
+                info:dict=None, # The run's metadata (model file and sha256, layers, method, options, versions, date, command): rendered as given
+                truth:dict=None, # Ground-truth results: summary metrics and `per_file` {file: {'iou', 'boxes'}}
+                low_prob:float=0.6) -> str: # A prediction with a lower probability is flagged 'unsure'
+    "One self-contained HTML page (no external scripts, styles or fonts): run metadata, class tables, ground truth, errors, and a gallery of the overlays to filter, sort and toggle to the originals"
     ok = [r for r in records if not r.get('error')]
     errs = [r for r in records if r.get('error')]
-    dist = pd.Series([r['class'] for r in ok], dtype=object).value_counts()
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{_style}</style><script>{_script}</script></head><body>",
-             f"<h1>{_e(title)}</h1>",
-             f"<p>{len(records)} files: {len(ok)} explained, {len(errs)} failed" + ''.join(f"; {_e(k)} {_e(v)}" for k,v in (summary or {}).items()) + "</p>",
-             "<h2>Classes</h2><table><tr><th>class</th><th>files</th></tr>" + ''.join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k,v in dist.items()) + "</table>"]
-    if errs: parts.append("<h2>Errors</h2><table><tr><th>file</th><th>error</th></tr>" + ''.join(f"<tr><td>{_e(r['file'])}</td><td>{_e(r['error'])}</td></tr>" for r in errs) + "</table>")
-    parts.append("<h2>Gallery</h2><p>sort by probability <button onclick='srt(-1)'>high first</button><button onclick='srt(1)'>low first</button></p><div class='g' id='g'>")
-    for r in ok:
-        bx = '; '.join(f"{_e(b['class'])} ({b['x0']},{b['y0']})-({b['x1']},{b['y1']}) {b['score']:.2f}" + (f" {b['width_mm']:.1f} x {b['height_mm']:.1f} mm" if b.get('width_mm') is not None else '') for b in r.get('boxes') or []) or 'no box'
-        parts.append(f"<div class='c' data-p='{r['prob']:.6f}'><a href='{_e(r['overlay'])}'><img src='{_e(r['overlay'])}' alt='{_e(r['file'])}'></a>"
-                     f"<br><b>{_e(r['class'])}</b> {r['prob']:.3f}<br>{_e(r['file'])}<br>{bx}</div>")
-    parts.append("</div></body></html>")
+    per = (truth or {}).get('per_file') or {}
+    ok = sorted(ok, key=lambda r: -float(r['prob']))
+    nobox = sum(not r.get('boxes') for r in ok)
+    unsure = sum(r.get('pred_prob') is not None and float(r['pred_prob']) < low_prob for r in ok)
+    counts = (f"{len(records)} files: {len(ok)} explained ({len(ok)-nobox} with a box, {nobox} without), {len(errs)} failed; {unsure} unsure predictions"
+              + ''.join(f"; {_e(k)} {_e(v)}" for k,v in (summary or {}).items()))
+    nav = ' · '.join(f"<a href='#{a}'>{t}</a>" for a,t in [('run', 'run'), ('classes', 'classes')] + ([('truth', 'ground truth')] if truth else [])
+                     + ([('errors', f'errors ({len(errs)})')] if errs else []) + [('gallery', 'gallery')])
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width,initial-scale=1'>",
+             f"<title>{_e(title)}</title><style>{_style}</style><script>{_script}</script></head><body><main>",
+             f"<h1>{_e(title)}</h1><p>{counts}</p><nav aria-label='sections'>{nav}</nav>",
+             "<div class='top'><section>" + _run_section(info) + "</section><section>" + _class_section(ok, low_prob) + _truth_section(truth, ok) + "</section></div>"]
+    if errs: parts.append("<h2 id='errors'>Errors</h2>" + _table([(r['file'], r['error']) for r in errs], ['file', 'error']))
+    parts.append("<h2 id='gallery'>Gallery</h2><p class='note'>Each picture: the image (grayscale in bone) with the map over it, its opacity rising with the map's value "
+                 "(0 to 1, see the colorbar), hatched where the model never saw the image, and the boxes with their scores (true boxes in white).</p>")
+    parts.append(_controls(ok, bool(per)) + "<div class='g' id='g'>" + ''.join(_card(r, per, low_prob) for r in ok) + "</div></main></body></html>")
     return '\n'.join(parts)
 
 # %% ../nbs/10_report.ipynb #89bc8776
-def write_outputs(out, records:list, vocab:list, summary:dict=None) -> dict:
+def write_outputs(out, records:list, vocab:list, summary:dict=None, info:dict=None, truth:dict=None) -> dict:
     "Write boxes.csv, boxes.coco.json, errors.csv and report.html into `out` from the records; return their paths"
     out = Path(out)
     paths = dict(boxes=atomic_write(out/'boxes.csv', boxes_table(records).to_csv(index=False)),
                  coco=atomic_write(out/'boxes.coco.json', json.dumps(coco_results(records, vocab), indent=1)),
                  errors=atomic_write(out/'errors.csv', errors_table(records).to_csv(index=False)),
-                 report=atomic_write(out/'report.html', report_html(records, summary=summary)))
+                 report=atomic_write(out/'report.html', report_html(records, summary=summary, info=info, truth=truth)))
     return paths

@@ -9,17 +9,17 @@ from __future__ import annotations
 import numpy as np, torch
 import matplotlib.pyplot as plt
 from torch import Tensor
-from fastai.torch_core import show_image
 from fastcore.basics import patch
 import pandas as pd
 from fastai.vision.core import PILImage, TensorBBox, LabeledBBox
 from .core import CamResult, upsample_maps, normalize_maps, learner_cam
 from .items import check_item, read_dicom
 from .boxes import show_boxes
+from .overlay import overlay_pixels, image_rgb
 
 # %% auto #0
-__all__ = ['show_heatmap', 'show_cam', 'show_result', 'original_image', 'show_original_cam', 'explain_item', 'get_cmaps',
-           'boxes_to_bbox', 'get_boxes']
+__all__ = ['show_heatmap', 'add_colorbar', 'show_cam', 'show_result', 'original_image', 'show_original_cam', 'paper_figsize',
+           'save_figure', 'explain_item', 'get_cmaps', 'boxes_to_bbox', 'get_boxes']
 
 # %% ../nbs/06_show.ipynb #13e9faee
 def _np(x):
@@ -46,38 +46,70 @@ def _hw(img):
     if hasattr(img, 'size') and not isinstance(img, (Tensor, np.ndarray)): return img.size[1],img.size[0]
     return tuple(img.shape[-2:]) if isinstance(img, Tensor) else tuple(np.asarray(img).shape[:2])
 
+def _draw(ax, px, title=None, **kwargs):
+    "Draw the RGB pixels `px` on `ax` in pixel-edge coordinates"
+    H,W = px.shape[:2]
+    ax.imshow(px, extent=(0, W, H, 0), **kwargs)
+    if title: ax.set_title(title)
+    ax.axis('off')
+    return ax
+
+def add_colorbar(ax, cmap:str='magma', label:str='map, 0 (min) to 1 (max)', **kwargs):
+    "A colorbar of the normalised map's values beside `ax` (an axis, or several that share it)"
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    fig = (ax if hasattr(ax, 'figure') else np.asarray(ax).flat[0]).figure
+    return fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=ax, fraction=0.046, pad=0.02, label=label, **kwargs)
+
 def show_cam(img, # The image: tensor [C,H,W], PIL image or array
-             m, # Its map [h,w]
+             m, # Its map: [h,w] stretched over the image, or [H,W] in its pixels; NaN where the model saw nothing
              ctx=None, figsize=None, title:str=None,
-             alpha:float=0.5, cmap:str='magma', interpolation:str='bilinear',
-             merge:bool=True, # Overlay the map (True) or draw image and map side by side (False)
-             img_cmap:str=None, # Colormap for a one-channel image ('bone' suits X-rays)
-             **kwargs):
-    "Draw `img` with map `m` laid over it (or beside it with `merge=False`); returns the axis (or axes)"
-    H,W = _hw(img)
-    if not merge:
+             alpha:float=0.6, # Opacity at the map's maximum; it falls with the value, to 0 where the map is 0
+             cmap:str='magma', # Colormap of the map
+             interpolation:str='bilinear', # How a smaller map is stretched: 'bilinear', 'bicubic' or 'nearest'
+             merge:bool=True, # Overlay the map (True) or draw the image and the overlay side by side (False)
+             img_cmap:str='bone', # Colormap of a grayscale image
+             colorbar:bool=False, # Add a colorbar of the map's values
+             unseen:str='hatch', # How to mark NaN pixels of the map: 'hatch', 'dim' or None
+             **kwargs): # Passed to `imshow`
+    "Draw `img` with map `m` laid over it (or the image and the overlay side by side with `merge=False`); returns the axis (or axes)"
+    px = overlay_pixels(img, m, alpha, cmap, img_cmap, unseen, interpolation=interpolation)
+    if merge:
+        if ctx is None: _,ctx = plt.subplots(figsize=figsize)
+        _draw(ctx, px, title, **kwargs)
+    else:
         if ctx is None: _,ctx = plt.subplots(1, 2, figsize=figsize)
-        show_image(img, ctx=ctx[0], cmap=img_cmap, title=title)
-        show_heatmap(m, ctx=ctx[1], cmap=cmap, interpolation=interpolation, **kwargs)
-        return ctx
-    ctx = show_image(img, ctx=ctx, figsize=figsize, cmap=img_cmap, title=title)
-    return show_heatmap(m, ctx=ctx, alpha=alpha, cmap=cmap, interpolation=interpolation, extent=(0,W,H,0), **kwargs)
+        _draw(ctx[0], image_rgb(img, img_cmap), title, **kwargs)
+        _draw(ctx[1], px, **kwargs)
+    if colorbar: add_colorbar(ctx if merge else list(ctx), cmap)
+    return ctx
 
 # %% ../nbs/06_show.ipynb #d471f98a
 def _title(r, i, j=0):
     "Class name and probability of target slot `j` of item `i`"
     return f"{r.target_names[i][j]} {float(r.target_probs[i, j]):.2f}"
 
-def show_result(res:CamResult, imgs, # Images the maps explain: a batch [B,C,H,W] or a list
+def _map_over(res:CamResult, i:int, slot:int, img):
+    "The map of target `slot` of item `i` to draw over `img`: through the result's geometry when `img` has the item's original size, else the layer's map (stretched)"
+    if res.orig_sizes is not None and tuple(int(o) for o in res.orig_sizes[i]) == tuple(_hw(img)):
+        return res.original_maps(i, fill=float('nan'))[slot]
+    return res.maps[i, slot].relu()
+
+def show_result(res:CamResult, imgs=None, # Images the maps explain: the originals, a batch [B,C,H,W] or a list; None: the result's items, opened
                 slot:int=0, # Which target slot to draw
-                ncols:int=4, figsize=None, **kwargs):
-    "Draw each item's map of target `slot` over its image, titled with class and probability (`res.show(imgs)`); returns the axes"
+                ncols:int=4, figsize=None,
+                window=None, # DICOM window when the items are opened here
+                **kwargs): # Passed to `show_cam` (alpha, cmap, colorbar, unseen, ...)
+    "Draw each item's map of target `slot` over its image, titled with class and probability (`res.show()`); returns the axes"
     n = len(res)
+    if imgs is None:
+        if res.items is None: raise ValueError("show_result: this CamResult doesn't know its items; pass the images, e.g. res.show(xb) or res.show(originals)")
+        imgs = [original_image(o, window) for o in res.items]
     if len(imgs) < n: raise ValueError(f"show_result: {n} maps but {len(imgs)} images; pass one image per item of the result (or show `res[:{len(imgs)}]`)")
     nrows = (n + ncols - 1)//ncols
     fig,axs = plt.subplots(nrows, min(n, ncols), figsize=figsize or (3*min(n, ncols), 3*nrows), squeeze=False)
     axs = axs.flatten()
-    for i in range(n): show_cam(imgs[i], res.maps[i, slot].relu(), ctx=axs[i], title=_title(res, i, slot), **kwargs)
+    for i in range(n): show_cam(imgs[i], _map_over(res, i, slot, imgs[i]), ctx=axs[i], title=_title(res, i, slot), **kwargs)
     for ax in axs[n:]: ax.axis('off')
     return axs
 
@@ -89,19 +121,31 @@ def original_image(item, window=None):
     if info.kind=='image': return PILImage.create(item)
     return item
 
-def _is_gray(img):
-    a = np.asarray(img) if not isinstance(img, Tensor) else img
-    return a.ndim==2 or (isinstance(img, Tensor) and img.shape[0]==1)
-
 # %% ../nbs/06_show.ipynb #f85005ca
 def show_original_cam(res:CamResult, i:int=0, slot:int=0, img=None, ctx=None, window=None, figsize=None,
-                      alpha:float=0.5, cmap:str='magma', interpolation:str='bilinear', merge:bool=True, title:str=None, **kwargs):
+                      alpha:float=0.6, cmap:str='magma', interpolation:str='bilinear', merge:bool=True, title:str=None,
+                      colorbar:bool=False, unseen:str='hatch', **kwargs):
     "Draw item `i` of `res` at its original resolution with the map of target `slot` over it (or beside it)"
     img = original_image(res.items[i], window) if img is None else img
-    m = res.original_maps(i)[slot]
-    title = title or _title(res, i, slot)
-    return show_cam(img, m, ctx=ctx, figsize=figsize, title=title, alpha=alpha, cmap=cmap, interpolation=interpolation,
-                    merge=merge, img_cmap='bone' if _is_gray(img) else None, **kwargs)
+    m = res.original_maps(i, fill=float('nan'))[slot]
+    H,W = _hw(img)
+    if figsize is None and ctx is None: figsize = paper_figsize((H, W), 2 if not merge else 1, colorbar)
+    return show_cam(img, m, ctx=ctx, figsize=figsize, title=title or _title(res, i, slot), alpha=alpha, cmap=cmap, interpolation=interpolation,
+                    merge=merge, colorbar=colorbar, unseen=unseen, **kwargs)
+
+def paper_figsize(hw, # `(H, W)` of the image
+                  ncols:int=1, # Images side by side
+                  colorbar:bool=False, # Room for a colorbar
+                  width:float=7.) -> tuple: # Inches: a two-column paper's text width
+    "A figure size in inches that fits `ncols` images of size `hw` across `width`"
+    H,W = hw
+    return width,round(width*(H/W)/ncols*(0.9 if colorbar else 1) + 0.4, 2)
+
+def save_figure(fig, path, dpi:int=300, **kwargs):
+    "Save `fig` (a figure, an axis or axes) to `path` at `dpi` (300: print resolution), cropped to what is drawn"
+    fig = getattr(fig, 'figure', None) or (np.asarray(fig).flat[0].figure if not hasattr(fig, 'savefig') else fig)
+    fig.savefig(path, dpi=dpi, bbox_inches='tight', **kwargs)
+    return path
 
 # %% ../nbs/06_show.ipynb #ee9ac968
 def explain_item(item, dls, learn, layer=None, target=None, method='gradcam', **kwargs) -> CamResult:
@@ -184,5 +228,5 @@ def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
         for j in range(T): show_heatmap(res.maps[0,j].relu(), ctx=axs[0,j], title=_title(res, 0, j))
     if show_img:
         img = original_image(res.items[0], window)
-        show_boxes(img, df, color=color, lw=lw, ctx=ctx, figsize=figsize, cmap='bone' if _is_gray(img) else None, title=_title(res, 0, 0))
+        show_boxes(image_rgb(img), df, color=color, lw=lw, ctx=ctx, figsize=figsize, title=_title(res, 0, 0))
     return lb
