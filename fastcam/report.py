@@ -157,7 +157,7 @@ def _fmt_item(o): return ', '.join(f"{k}: {v}" for k,v in o.items()) if isinstan
 def _run_section(info) -> str:
     "The run's metadata: what made these results (model file and hash, layers, method, options, versions, date, command line)"
     if not info: return "<h2 id='run'>Run</h2><p class='note'>No run metadata was given to the report.</p>"
-    rows = [(k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, bool) else v) for k,v in _flat(info)]
+    rows = [(k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, bool) else str(v)) for k,v in _flat(info)]   # as given: 0.7 stays 0.7
     return "<h2 id='run'>Run</h2>" + _table(rows, ['what', 'value'], 'run')
 
 # %% ../nbs/10_report.ipynb #aa724ddb
@@ -243,11 +243,9 @@ def report_html(records:list, title:str='fastcam report',
     unsure = sum(r.get('pred_prob') is not None and float(r['pred_prob']) < low_prob for r in ok)
     counts = (f"{len(records)} files: {len(ok)} explained ({len(ok)-nobox} with a box, {nobox} without), {len(errs)} failed; {unsure} unsure predictions"
               + ''.join(f"; {_e(k)} {_e(v)}" for k,v in (summary or {}).items()))
-    nav = ' · '.join(f"<a href='#{a}'>{t}</a>" for a,t in [('run', 'run'), ('classes', 'classes')] + ([('truth', 'ground truth')] if truth else [])
-                     + ([('errors', f'errors ({len(errs)})')] if errs else []) + [('gallery', 'gallery')])
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width,initial-scale=1'>",
              f"<title>{_e(title)}</title><style>{_style}</style><script>{_script}</script></head><body><main>",
-             f"<h1>{_e(title)}</h1><p>{counts}</p><nav aria-label='sections'>{nav}</nav>",
+             f"<h1>{_e(title)}</h1><p>{counts}</p>",
              "<div class='top'><section>" + _run_section(info) + "</section><section>" + _class_section(ok, low_prob) + _truth_section(truth, ok) + "</section></div>"]
     if errs: parts.append("<h2 id='errors'>Errors</h2>" + _table([(r['file'], r['error']) for r in errs], ['file', 'error']))
     parts.append("<h2 id='gallery'>Gallery</h2><p class='note'>Each picture: the image (grayscale in bone) with the map over it, its opacity rising with the map's value "
