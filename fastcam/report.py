@@ -104,7 +104,7 @@ td,th{border:1px solid #bbb;padding:3px 9px;text-align:left;vertical-align:top}t
 .bar label{font-weight:600}select,input,button{font:inherit;padding:2px 4px}
 :focus-visible{outline:3px solid #1a5fb4;outline-offset:2px}
 .g{display:flex;flex-wrap:wrap;gap:12px;margin-top:.8em;align-items:flex-start}.c{width:min-content;font-size:13px;border:1px solid #ccc;padding:4px;margin:0;background:#fafafa}
-.c img{height:340px;width:auto;max-width:90vw;display:block;background:#111}.c figcaption{padding:3px 2px}.c .f{word-break:break-all;color:#333}
+.c img{height:340px;width:auto;min-width:200px;max-width:90vw;display:block;background:#111}.c figcaption{padding:3px 2px}.c .f{word-break:break-all;color:#333}
 .t{font-size:11px;font-weight:700;padding:1px 5px;border-radius:3px;margin-right:3px;display:inline-block}
 .lo{background:#ffe08a}.nb{background:#d7d7d7}.wr{background:#f6b6b6}.ok{background:#b9e6b9}[hidden]{display:none!important}"""
 
@@ -201,14 +201,15 @@ def _card(r, truth_files, low_prob) -> str:
     bx = '; '.join(f"{_e(b['class'])} ({b['x0']},{b['y0']})-({b['x1']},{b['y1']}) score {_num(b['score'], '{:.2f}')}"
                    + (f" {b['width_mm']:.1f} x {b['height_mm']:.1f} mm" if b.get('width_mm') is not None else '')
                    + (f" IoU {_num(b['iou'], '{:.2f}')}" if b.get('iou') is not None else '') for b in bs) or 'no box'
-    pred = f"predicted <b>{_e(r['pred'])}</b> {_num(pp)}; " if r.get('pred') is not None else ''
+    same = r.get('pred') is not None and str(r['pred']) == str(r['class'])
+    pred = f"predicted <b>{_e(r['pred'])}</b> {_num(pp)}; " if r.get('pred') is not None and not same else ''
     desc = f"{r['file']}: explained {r['class']} (probability {_num(r['prob'])})" + (f", predicted {r['pred']} ({_num(pp)})" if r.get('pred') is not None else '') + f"; {len(bs)} box{'es' if len(bs)!=1 else ''}"
     orig = r.get('original')
     toggle = f"<button type='button' onclick='flip(this)' aria-pressed='false'>show original</button>" if orig else ''
     data = (f" data-p='{float(r['prob']):.6f}' data-pred='{_e(r.get('pred', ''))}' data-box='{int(bool(bs))}' data-low='{int(low)}'"
             f" data-file='{_e(r['file'])}' data-iou='{'' if iou is None else f'{float(iou):.4f}'}' data-ov='{_url(r['overlay'])}' data-orig='{_url(orig) if orig else ''}' data-desc='{_e(desc)}'")
     return (f"<figure class='c'{data}><a href='{_url(r['overlay'])}'><img src='{_url(r['overlay'])}' alt='Overlay of {_e(desc)}' loading='lazy'></a>"
-            f"<figcaption>{''.join(tags)}<br>explained <b>{_e(r['class'])}</b> {_num(r['prob'])}; {pred}{'IoU ' + _num(iou, '{:.2f}') + '; ' if iou is not None else ''}"
+            f"<figcaption>{''.join(tags)}{'<br>' if tags else ''}{'predicted and ' if same else ''}explained <b>{_e(r['class'])}</b> {_num(r['prob'])}; {pred}{'IoU ' + _num(iou, '{:.2f}') + '; ' if iou is not None else ''}"
             f"<br>{bx}<br><span class='f'>{_e(r['file'])}</span><br>{toggle}</figcaption></figure>")
 
 # %% ../nbs/10_report.ipynb #c708346b

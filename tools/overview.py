@@ -5,7 +5,7 @@ The same synthetic chest X-ray DICOM set, model and box threshold as `fastcam de
 one held-out positive case: the DICOM at its own size and window, its fused Grad-CAM (with `tta`) in its own pixels (as
 `get_cmaps` draws it), and the box made from the map next to the true lesion box. Nothing is downloaded.
 
-Run: python tools/overview.py [OUT.png]
+Run: python tools/overview.py [OUT.png] [DEMO]   (DEMO: a `fastcam demo --out DEMO` folder, whose model is the same recipe, trained already)
 """
 import sys, tempfile, time, warnings
 from pathlib import Path
@@ -24,19 +24,26 @@ from fastcam.metrics import box_iou
 from fastcam.cli import gap_linear_learner, synth_dls, demo_threshold, DEMO_LAYERS, _layer
 import fastcam.core  # noqa: F401  (adds learn.cam)
 
-def main(out=Path(__file__).resolve().parent.parent/'nbs'/'images'/'fastcam_overview.png'):
+def main(out=Path(__file__).resolve().parent.parent/'nbs'/'images'/'fastcam_overview.png', demo=None):
     torch.set_num_threads(1)
     t0 = time.time()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d)
-        df = make_dicom_set(path, n=600, seed=0)
-        set_seed(0, reproducible=True)
-        learn = gap_linear_learner(synth_dls(path, df, 96, seed=0), size=96)
-        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(6, 5e-3)
+        df = make_dicom_set(path, n=600, seed=0)   # the demo's data too (the same seed makes the same files)
+        if demo:
+            from fastai.learner import load_learner
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', UserWarning)
+                learn = load_learner(Path(demo)/'model.pkl')
+            learn.dls = synth_dls(path, df, 96, seed=0)
+        else:
+            set_seed(0, reproducible=True)
+            learn = gap_linear_learner(synth_dls(path, df, 96, seed=0), size=96)
+            with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(6, 5e-3)
         with learn.no_bar(): acc = float(learn.validate()[1])
-        print(f"trained in {time.time()-t0:.0f} s, validation accuracy {acc:.2f}")
+        print(f"{'loaded' if demo else 'trained'} in {time.time()-t0:.0f} s, validation accuracy {acc:.2f}")
 
         # the held-out positive the model is surest about (a fixed rule, not picked by eye)
         pos = df[df.is_valid & (df.label=='nodule')].reset_index(drop=True)

@@ -17,6 +17,7 @@ def main(report, out=Path(__file__).resolve().parent.parent/'nbs'/'images'/'fast
         b.open(Path(report).resolve().as_uri())
         b.eval("(()=>{const s=document.querySelector('#f-pred');s.value='nodule';s.dispatchEvent(new Event('input'));})()")
         print(b.eval("document.querySelector('#shown').textContent"))
+        b.eval("Promise.all([...document.images].map(i=>{i.loading='eager';return i.decode().catch(()=>null)}))")   # the pictures below the fold too
         b.screenshot(out)
     im = Image.open(out).convert('RGB')
     pal = im.quantize(256, method=Image.Quantize.MEDIANCUT)
