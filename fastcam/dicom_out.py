@@ -243,6 +243,8 @@ def map_seg(src, # the source DICOM: a path or a data set (it is never modified)
     return _declare_schemes(seg)
 
 # %% ../nbs/14_dicom_out.ipynb #beba8aa6
+def _monochrome(ds) -> bool: return str(ds.get('PhotometricInterpretation', '')).strip() in ('MONOCHROME1', 'MONOCHROME2')
+
 def boxes_gsps(src, # the source DICOM: a path or a data set (it is never modified)
                boxes, # its boxes: dicts or a DataFrame with class, prob, x0, y0, x1, y1 (rows without a box are left out)
                series_number:int=9903, series_description:str='fastcam boxes (presentation state)'):
@@ -250,6 +252,7 @@ def boxes_gsps(src, # the source DICOM: a path or a data set (it is never modifi
     import fastcam
     hd = _highdicom()
     ds = source_header(src)
+    if not _monochrome(ds): raise ValueError(f"{src}: a grayscale presentation state is for monochrome images; this one is {ds.get('PhotometricInterpretation', '?')} (its SR and SEG carry the boxes and the map)")
     rows = [r for r in (boxes.to_dict('records') if isinstance(boxes, pd.DataFrame) else list(boxes)) if _has_box(r)]
     layer = hd.pr.GraphicLayer(layer_name='FASTCAM', order=1, description='fastcam boxes')
     px = hd.pr.AnnotationUnitsValues.PIXEL
@@ -285,7 +288,7 @@ def dicom_outputs(src, # the source DICOM file
     res = {}
     if sr_path is not None: res['sr'] = save_dicom(boxes_sr(src, boxes, method, layer, model_sha, codes, image_finding=image_finding), sr_path)
     if seg_path is not None and maps is not None: res['seg'] = save_dicom(map_seg(src, maps, names, method, layer, model_sha, codes), seg_path)
-    if gsps_path is not None: res['gsps'] = save_dicom(boxes_gsps(src, boxes), gsps_path)
+    if gsps_path is not None and _monochrome(source_header(src)): res['gsps'] = save_dicom(boxes_gsps(src, boxes), gsps_path)   # colour images have no grayscale PS
     return res
 
 # %% ../nbs/14_dicom_out.ipynb #24ec7c91

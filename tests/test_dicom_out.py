@@ -269,3 +269,16 @@ def test_cross_sectional_source_is_referenced_with_its_frame_of_reference(tmp_pa
     assert np.abs(seg.get_pixels_by_source_instance([src.SOPInstanceUID], segment_numbers=[1])[0, ..., 0] - m).max() <= 0.5/255 + 1e-6
     if DCIODVFY:
         for o in fs: assert dciodvfy_errors(o) == [], o
+
+def test_colour_source_gets_sr_and_seg_but_no_grayscale_ps(tmp_path):
+    "An RGB Secondary Capture (pydicom's SC_rgb_small_odd.dcm): SR and SEG written and valid, no GSPS (one line if asked for directly)"
+    from fastcam.dicom_out import dicom_outputs, boxes_gsps
+    f = pydicom.data.get_testdata_file('SC_rgb_small_odd.dcm')
+    src = pydicom.dcmread(f)
+    box = [dict(x0=1, y0=0, x1=3, y1=2, prob=0.8, score=0.4, **{'class': 'nodule'})]
+    got = dicom_outputs(f, tmp_path/'sr.dcm', tmp_path/'seg.dcm', box, np.full((1, src.Rows, src.Columns), 0.5), ['nodule'], ('nodule', 0.8),
+                        gsps_path=tmp_path/'pr.dcm')
+    assert set(got) == {'sr', 'seg'} and not (tmp_path/'pr.dcm').exists()
+    with pytest.raises(ValueError, match='a grayscale presentation state is for monochrome images; this one is RGB'): boxes_gsps(f, box)
+    if DCIODVFY:
+        for o in got.values(): assert dciodvfy_errors(o) == [], o
