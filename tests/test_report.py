@@ -153,3 +153,29 @@ def test_report_in_a_browser(report, tmp_path):
     # the screenshot shows the filtered gallery: the overlays' red is there (they are the 60x80 PNGs made above), and the page is not blank
     red = (im[..., 0] > 180) & (im[..., 1] < 90) & (im[..., 2] < 70)
     assert red.sum() > 2000 and im.std() > 20
+
+def test_a_run_with_a_chosen_target_counts_predictions_apart(tmp_path):
+    "The issue's case: `fastcam run --target nodule` explains 'nodule' in every file, but the class table counts the predictions, which are computed here with fastai's own get_preds"
+    import torch
+    from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, ColReader, ColSplitter, Resize, vision_learner, PILImageBW
+    from fastcam.synth import make_png_set
+    from fastcam.cli import tiny_xresnet, run
+    df = make_png_set(tmp_path/'data', n=12, seed=4, size=(64, 80))
+    dblock = DataBlock(blocks=(ImageBlock(PILImageBW), CategoryBlock), get_x=ColReader('file', pref=tmp_path/'data'), get_y=ColReader('label'),
+                       splitter=ColSplitter('is_valid'), item_tfms=Resize(48, method='crop'))
+    torch.manual_seed(0)
+    learn = vision_learner(dblock.dataloaders(df, bs=4, num_workers=0), tiny_xresnet, pretrained=False, n_in=1)
+    learn.export(tmp_path/'model.pkl')
+    files = sorted((tmp_path/'data'/'images').glob('*.png'))
+    assert run(str(tmp_path/'model.pkl'), str(tmp_path/'data'/'images'), out=str(tmp_path/'out'), trust=True, target='nodule', bs=4, progress=False) == 0
+    with learn.no_bar(): probs = learn.get_preds(dl=learn.dls.test_dl(files))[0]
+    pred = Counter(str(learn.dls.vocab[int(i)]) for i in probs.argmax(1))
+    p = _parse(tmp_path/'out'/'report.html')
+    table = {r[0]: r[1:] for r in p.rows if r and r[0] in VOCAB}
+    assert {c: int(table[c][0]) for c in VOCAB} == {c: pred[c] for c in VOCAB}            # predicted (files)
+    assert {c: int(table[c][2]) for c in VOCAB} == {'nodule': len(files), 'normal': 0}     # explained (files): the chosen target
+    # every card can show its original: a picture of the same size as its overlay, without the map
+    recs = [json.loads(f.read_text()) for f in (tmp_path/'out'/'records').glob('*.json')]
+    for r in recs:
+        ov, orig = Image.open(tmp_path/'out'/r['overlay']), Image.open(tmp_path/'out'/r['original'])
+        assert ov.size == orig.size and np.abs(np.asarray(ov, int) - np.asarray(orig, int)).max() > 0
