@@ -202,7 +202,7 @@ def render_overlay(img, # The image in its original pixels: tensor, PIL image or
     else: px = base
     scaled = lambda a: Image.fromarray(a).resize((w, h), Image.BILINEAR if s < 1 else Image.LANCZOS) if (w, h) != (W, H) else Image.fromarray(a)
     im = scaled(px)
-    fs = max(12, round(max(w, h)/32))
+    fs = max(12, round(max(w, h)/26))
     f,lw = label_font(fs),max(2, round(max(w, h)/250))
     if m is not None:
         _draw_boxes(im, _rows(boxes), s, class_colors(vocab), lw, f)

@@ -248,7 +248,8 @@ def report_html(records:list, title:str='fastcam report',
              f"<title>{_e(title)}</title><style>{_style}</style><script>{_script}</script></head><body><main>",
              f"<h1>{_e(title)}</h1><p>{counts}</p>",
              "<div class='top'><section>" + _run_section(info) + "</section><section>" + _class_section(ok, low_prob) + _truth_section(truth, ok) + "</section></div>"]
-    if errs: parts.append("<h2 id='errors'>Errors</h2>" + _table([(r['file'], r['error']) for r in errs], ['file', 'error']))
+    et = errors_table(records)   # failed files, and files whose DICOM outputs weren't written
+    if len(et): parts.append("<h2 id='errors'>Errors</h2>" + _table(et.values.tolist(), ['file', 'error']))
     parts.append("<h2 id='gallery'>Gallery</h2><p class='note'>Each picture: the image (grayscale in bone) with the map over it, its opacity rising with the map's value "
                  "(0 to 1, see the colorbar), hatched where the model never saw the image, and the boxes with their scores (true boxes in white).</p>")
     parts.append(_controls(ok, bool(per)) + "<div class='g' id='g'>" + ''.join(_card(r, per, low_prob) for r in ok) + "</div></main></body></html>")
