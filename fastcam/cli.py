@@ -20,7 +20,10 @@ from fastai.vision.all import (DataBlock, CategoryBlock, ColReader, ColSplitter,
                                vision_learner, accuracy, load_learner, Learner, create_body)
 from .core import learner_cam
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
-from .report import atomic_write, sync_disk, write_outputs
+from .report import atomic_write, sync_disk, write_outputs, csv_safe
+from .truth import Truth, evaluate_run, coco_results_list
+from .runs import (scan_inputs, lock_out, clean_temporaries, run_options, run_info, model_identity, save_run_info, resume_conflict,
+                          check_options, die_with_launcher, launch_ranks, launcher_env)
 from .dicom_out import record_mm, dicom_config, dicom_record
 from .overlay import render_overlay, with_unseen
 from .synth import make_dicom_set
@@ -38,14 +41,9 @@ if __name__ == '__main__' and '__file__' in globals():  # `python -m fastcam.cli
 # %% ../nbs/11_cli.ipynb #f1411641
 image_exts = {'.dcm', '.dicom', '.png', '.jpg', '.jpeg'}
 
-def find_inputs(inputs) -> list:
-    "The files named in `inputs` and the image/DICOM files below the folders in it, sorted, each once"
-    fs = []
-    for i in inputs:
-        p = Path(i)
-        if p.is_dir(): fs += [f for f in sorted(p.rglob('*')) if f.is_file() and (f.suffix.lower() in image_exts or (not f.suffix and is_dicom(f)))]
-        else: fs.append(p)
-    return list(dict.fromkeys(fs))
+def find_inputs(inputs, exclude=None) -> list:
+    "The files named in `inputs` and the image/DICOM files below the folders in it (none inside `exclude`), sorted, each once; `fastcam.runs.scan_inputs` also says why the rest were left out"
+    return scan_inputs(inputs, image_exts, exclude)[0]
 
 # %% ../nbs/11_cli.ipynb #9b7551e2
 def tiny_xresnet(pretrained:bool=False, **kwargs):
@@ -91,10 +89,16 @@ def _key(f): return hashlib.sha1(str(Path(f).resolve()).encode()).hexdigest()[:1
 
 def _record_path(out, f): return Path(out)/'records'/f"{_key(f)}.json"
 
-def _done(out, f):
+def _record(out, f):
+    "The record of file `f` in `out`, or None"
     p = _record_path(out, f)
-    try: return p.exists() and not json.loads(p.read_text()).get('error')
-    except ValueError: return False
+    try: return json.loads(p.read_text()) if p.exists() else None
+    except ValueError: return None
+
+def _done(out, f, key=None):
+    "Has `f` a record without an error, made by options and model of run key `key`?"
+    r = _record(out, f)
+    return r is not None and not r.get('error') and r.get('opts')==key
 
 def _one_line(e): return ' '.join(str(e).split())[:500] or type(e).__name__
 
@@ -135,7 +139,7 @@ def _read(f, as_pil:bool) -> _Read:
     if kind=='dicom': return _Read(f, Image.fromarray(x) if as_pil else f, x)
     return _Read(f, x if as_pil else f, np.asarray(x.convert('RGB')))
 
-_Job = namedtuple('_Job', 'read map title boxes raw rec vocab')   # what is written for one explained file
+_Job = namedtuple('_Job', 'read map title boxes raw rec vocab truth', defaults=(None,))   # what is written for one explained file (truth: its true boxes)
 
 def _explain_batch(learn, batch, cfg) -> list:
     "Explain `batch` (`_Read`s) in one batch: a `_Job` per file with its map in original pixels (computed once, for its boxes and its overlay), boxes and record"
@@ -149,14 +153,17 @@ def _explain_batch(learn, batch, cfg) -> list:
     for i,o in enumerate(batch):
         c = int(res.targets[i,0])
         p = int(res.probs[i].argmax())
-        rec = dict(file=str(o.file), size=list(res.orig_sizes[i]), **{'class': str(vocab[c])}, prob=float(res.probs[i,c]),
+        pk = int(torch.nan_to_num(mos[i][0], -1.).argmax())                      # the map's peak in original pixels, for the pointing game
+        rec = dict(file=str(o.file), size=list(res.orig_sizes[i]), **{'class': str(vocab[c])}, prob=float(res.probs[i,c]), opts=cfg.get('_key'),
+                   peak=[pk % mos[i].shape[-1], pk // mos[i].shape[-1]],
                    pred=str(vocab[p]), pred_prob=float(res.probs[i,p]),
                    overlay=_out_path('', 'overlays', o.file, '.png').as_posix(), original=_out_path('', 'originals', o.file, '.png').as_posix(),
                    layer=res.layer, method=res.method,
                    boxes=[dict(**{'class': str(r['label'])}, prob=float(r['prob']), x0=int(r['x0']), y0=int(r['y0']), x1=int(r['x1']), y1=int(r['y1']),
                                score=float(r['score'])) for r in boxes[i]])
         record_mm(rec)   # box sizes in mm from the file's PixelSpacing or ImagerPixelSpacing (fastcam.dicom_out)
-        jobs.append(_Job(o, with_unseen(mos[i][0], res.geometry), f"{vocab[c]} {float(res.probs[i,c]):.2f}", boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab))
+        jobs.append(_Job(o, with_unseen(mos[i][0], res.geometry), f"{vocab[c]} {float(res.probs[i,c]):.2f}", boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab,
+                         cfg['_truth'].boxes(o.file, res.orig_sizes[i]) if cfg.get('_truth') else None))
     return jobs
 
 def _write_jobs(jobs, out, dicom:dict=None):
@@ -165,7 +172,7 @@ def _write_jobs(jobs, out, dicom:dict=None):
     for j in jobs:
         f = j.read.file
         try:
-            _overlay(j.read.img, j.map, j.title, j.boxes, out, f, j.vocab)
+            _overlay(j.read.img, j.map, j.title, j.boxes, out, f, j.vocab, **({} if j.truth is None else dict(truth=j.truth)))
             if j.raw is not None:
                 buf = io.BytesIO(); np.save(buf, j.raw)
                 atomic_write(_out_path(out, 'maps', f, '.npy'), buf.getvalue(), 'wb', fsync=False)
@@ -218,13 +225,10 @@ def _free_port():
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 def launch(n:int, argv:list) -> int:
-    "Run `fastcam run argv` in `n` processes on this machine (as torchrun would); the first failing exit code, else 0"
+    "Run `fastcam run argv` in `n` processes on this machine (as torchrun would), stopped with the launcher (`fastcam.runs.launch_ranks`); the first failing exit code, else 0"
     port,env = _free_port(),dict(os.environ)
-    procs = [subprocess.Popen([sys.executable, '-m', 'fastcam.cli', 'run', *argv],
-                              env={**env, 'RANK': str(r), 'LOCAL_RANK': str(r), 'WORLD_SIZE': str(n), 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)})
-             for r in range(n)]
-    rcs = [p.wait() for p in procs]
-    return next((rc for rc in rcs if rc), 0)
+    return launch_ranks([[sys.executable, '-m', 'fastcam.cli', 'run', *argv]]*n,
+                        [{**env, 'RANK': str(r), 'LOCAL_RANK': str(r), 'WORLD_SIZE': str(n), 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)} for r in range(n)])
 
 # %% ../nbs/11_cli.ipynb #71429d8c
 def _layer(s):
@@ -241,6 +245,32 @@ def _device(d):
     if d: return torch.device(d)
     lr = int(os.environ.get('LOCAL_RANK', 0))
     return torch.device(f'cuda:{lr % torch.cuda.device_count()}') if torch.cuda.is_available() else torch.device('cpu')
+
+def _truth_opts(path) -> dict:
+    "The run options of ground truth `path`: its sha256 (a change of truth file changes the overlays) and the `Truth` itself (`_truth`, not an option)"
+    if path is None: return dict(truth_sha256=None)
+    try: t = Truth(path)
+    except Exception as e: raise CliError(f"fastcam run: can't read --truth {path}: {' '.join(str(e).split())}") from None
+    return dict(truth_sha256=t.sha256, _truth=t)
+
+def _take_out(out, rank:int):
+    "Rank 0 takes `out`'s lock (a one-line error naming the other run's pid when it is taken) and removes a killed run's temporary files; the lock's descriptor"
+    if rank: return None
+    fd = lock_out(out, int(os.environ.get(launcher_env) or os.getpid()))
+    clean_temporaries(out)
+    return fd
+
+def _begin(out, learn, files, cfg, force, model, left_out, rank:int=0, world:int=1) -> dict:
+    "Check the options against the model and against the records already in `out` (one line per problem; `force` recomputes records of other options), then record the run; its info"
+    msgs = check_options(learn, cfg['layer'], cfg['target'], cfg['method'])
+    if msgs: raise CliError('\n'.join(msgs))
+    info = run_info(model, run_options(cfg), processes=world, left_out=left_out)
+    cfg['_key'] = info['key']
+    keys = [r.get('opts') for r in (_record(out, f) for f in files) if r is not None and not r.get('error')]
+    why = resume_conflict(out, keys, info)
+    if why and not force: raise CliError(f"fastcam run: {out} holds results made with other options or another model ({why}); add --force to recompute them, or choose another --out")
+    if not rank: save_run_info(out, info)
+    return info
 
 # %% ../nbs/11_cli.ipynb #c8b1e11c
 @call_parse
@@ -263,6 +293,8 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         vocab:str=None, # With --weights: comma-separated class names, in the model's output order
         size:int=224, # With --weights: model input size
         num_processes:int=1, # Processes on this machine (each takes every N-th file)
+        truth:str=None, # Ground truth: a boxes CSV (file, x0, y0, x1, y1), a COCO JSON or a SIIM RLE CSV; adds `iou` to boxes.csv, true boxes to the overlays, pointing/BoxAcc/COCO AP to the report
+        force:store_true=False, # Recompute files whose results in --out were made with other options or another model (else the run refuses)
         dicom_out:store_true=False, # Also write, per DICOM input, a DICOM SR and a presentation state of its boxes and a Segmentation of its map into dicom/ (needs highdicom)
         dicom_codes:str=None, # JSON file (implies --dicom-out) {"class": ["code value", "scheme", "meaning"]} coding the findings; default: the class name in scheme 99FASTCAM
         progress:Annotated[bool, dict(help="Don't show a progress bar")]=True): # Show a progress bar (the command line's --no-progress hides it)
@@ -274,30 +306,34 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
     if num_processes>1 and 'WORLD_SIZE' not in os.environ:
         argv = [a for a in sys.argv[1:]]
         return launch(num_processes, _drop_opt(argv, '--num-processes'))
-    files = find_inputs(inputs)
-    if not files: raise CliError(f"fastcam run: no DICOM or image files found in {' '.join(map(str, inputs))}")
+    die_with_launcher()
+    files,left_out = scan_inputs(inputs, image_exts, exclude=out)
+    if not files and not any(o['error'] for o in left_out): raise CliError(f"fastcam run: no DICOM or image files found in {' '.join(map(str, inputs))}")
     rank,world = _world()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    dev = _device(device)
-    learn = load_for_run(learner, trust, arch, weights, vocab, size, dev)
-    cfg = dict(layer=_layer(layer), target=_target(target), method=method, bs=bs, mode=mode, threshold=threshold, min_area=min_area,
-               topk=topk, save_maps=save_maps, tta=tta)
-    try: cfg['dicom'] = dicom_config(dicom_codes, learn.model) if dicom_out or dicom_codes else None
-    except (ImportError, ValueError) as e: raise CliError(f"fastcam run: --dicom-out: {e}")
-    _init_dist(world)
+    lock = _take_out(out, rank)
     try:
-        skipped = sum(_done(out, f) for f in files)
+        dev = _device(device)
+        learn = load_for_run(learner, trust, arch, weights, vocab, size, dev)
+        cfg = dict(layer=_layer(layer), target=_target(target), method=method, bs=bs, mode=mode, threshold=threshold, min_area=min_area,
+                   topk=topk, save_maps=save_maps, tta=tta, **_truth_opts(truth))
+        try: cfg['dicom'] = dicom_config(dicom_codes, learn.model) if dicom_out or dicom_codes else None
+        except (ImportError, ValueError) as e: raise CliError(f"fastcam run: --dicom-out: {e}")
+        info = _begin(out, learn, files, cfg, force, model_identity(learn, learner, weights, arch, size), left_out, rank, world)
+        _init_dist(world)
+        skipped = sum(_done(out, f, info['key']) for f in files)
         _barrier()
-        mine = [f for f in files[rank::world] if not _done(out, f)]
+        mine = [f for f in files[rank::world] if not _done(out, f, info['key'])]
         matplotlib.use('Agg')
         t0 = time.time()
         process_files(learn, mine, out, cfg, progress and rank==0)
         _barrier()
         if rank: return 0
-        return _finish(out, files, learn, skipped, time.time()-t0, world)
+        return _finish(out, files, learn, skipped, time.time()-t0, world, info, left_out, cfg.get('_truth'))
     finally:
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+        if lock is not None: os.close(lock)
 
 def _drop_opt(argv, name):
     "`argv` without option `name` and its value"
@@ -310,15 +346,27 @@ def _drop_opt(argv, name):
     return res[1:] if res and res[0]=='run' else res
 
 # %% ../nbs/11_cli.ipynb #b6a21c15
-def _finish(out, files, learn, skipped, secs, world:int=1):
-    "Write the outputs from the records of `files`; print the summary; the exit code"
+def _finish(out, files, learn, skipped, secs, world:int=1, info:dict=None, left_out=(), truth=None):
+    "Write the outputs from the records of `files` and the inputs `left_out` (unreadable ones are errors, the rest go to skipped.csv), evaluated against `truth` when given; print the summary; the exit code"
     recs = [json.loads(_record_path(out, f).read_text()) for f in files if _record_path(out, f).exists()]
+    recs += [dict(file=o['file'], error=f"{o['file']}: {o['reason']}") for o in left_out if o['error']]
+    left = pd.DataFrame([dict(file=o['file'], reason=o['reason']) for o in left_out if not o['error']], columns=['file', 'reason'])
+    atomic_write(Path(out)/'skipped.csv', csv_safe(left).to_csv(index=False))
     ok = sum(not r.get('error') for r in recs)
     failed = len(recs) - ok
     summary = dict(done=ok-skipped, skipped=skipped, failed=failed)
     vocab = list(getattr(learn.dls, 'vocab', []) or [])
-    paths = write_outputs(out, recs, vocab, summary)
-    print(f"fastcam run: {summary['done']} done, {skipped} skipped (done before), {failed} failed, in {secs:.0f} s{f' by {world} processes' if world>1 else ''}; report: {paths['report'].resolve()}")
+    if info is not None and not info['layers']:   # the automatic layer, as the engine resolved it
+        info['layers'] = sorted({str(r['layer']) for r in recs if r.get('layer')}); save_run_info(out, info)
+    ev = evaluate_run(recs, vocab, truth) if truth is not None else None   # puts `iou` on every box
+    atomic_write(Path(out)/'boxes.coco-results.json', json.dumps(coco_results_list(recs, vocab, truth)))
+    paths = write_outputs(out, recs, vocab, summary, info=info, truth=ev)
+    if ev is not None:
+        f = lambda v: 'n/a' if v is None else f"{v:.2f}"
+        print(f"fastcam run: against {truth.path.name}: {ev['files']} files with truth, {ev['positives']} with a true box; pointing {f(ev['pointing'])}, "
+              f"BoxAcc@0.5 {f(ev['box_acc'])}, COCO AP@0.5 {f(ev['coco_ap50'])}, AP@[.5:.95] {f(ev['coco_ap'])}" + (f" ({ev['coco_note']})" if ev['coco_note'] else ''))
+    print(f"fastcam run: {summary['done']} done, {skipped} skipped (done before), {failed} failed, in {secs:.0f} s{f' by {world} processes' if world>1 else ''}; "
+          + (f"{len(left)} inputs left out (see skipped.csv); " if len(left) else '') + f"report: {paths['report'].resolve()}")
     if not ok: raise CliError(f"fastcam run: no file could be explained ({failed} failed; see {paths['errors']})")
     return 0
 
@@ -423,5 +471,5 @@ def main(argv:list=None):
     pargs,kwargs,_ = parse_cli(f)
     try: return f(*pargs, **kwargs) or 0
     except CliError as e:
-        print(str(e), file=sys.stderr)
+        if _world()[0]==0: print(str(e), file=sys.stderr)   # every rank of a run meets the same problem: one says it
         return 1 if 'no file could be explained' in str(e) else 2

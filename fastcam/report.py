@@ -11,16 +11,27 @@ from pathlib import Path
 import numpy as np, pandas as pd
 
 # %% auto #0
-__all__ = ['atomic_write', 'sync_disk', 'atomic_savefig', 'read_records', 'boxes_table', 'errors_table', 'coco_results',
-           'report_html', 'write_outputs']
+__all__ = ['current_umask', 'atomic_write', 'sync_disk', 'atomic_savefig', 'read_records', 'boxes_table', 'errors_table',
+           'csv_safe', 'coco_results', 'report_html', 'write_outputs']
 
 # %% ../nbs/10_report.ipynb #14d20abc
+def current_umask() -> int:
+    "This process's umask: read from /proc on Linux (without changing it), elsewhere set and put back at once"
+    try:
+        with open('/proc/self/status') as f:
+            for l in f:
+                if l.startswith('Umask:'): return int(l.split()[1], 8)
+    except (OSError, ValueError): pass
+    m = os.umask(0o22); os.umask(m)
+    return m
+
 def atomic_write(path, data, mode:str='w', fsync:bool=True):
     "Write `data` (str or bytes) to `path` through a temporary file and an atomic rename; with `fsync`, on the disk before the rename"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd,tmp = tempfile.mkstemp(dir=path.parent, prefix='.'+path.name, suffix='.tmp')
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())   # mkstemp makes 0600 files: give the file the mode open() would
         with os.fdopen(fd, mode) as f:
             f.write(data)
             if fsync: f.flush(); os.fsync(f.fileno())
@@ -44,9 +55,9 @@ def atomic_savefig(fig, path, **kwargs):
     "Save a matplotlib figure to `path` atomically"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd,tmp = tempfile.mkstemp(dir=path.parent, prefix='.'+path.stem, suffix=path.suffix)
-    os.close(fd)
-    try: fig.savefig(tmp, **kwargs); os.replace(tmp, path)
+    fd,tmp = tempfile.mkstemp(dir=path.parent, prefix='.'+path.name, suffix='.tmp')
+    os.fchmod(fd, 0o666 & ~current_umask()); os.close(fd)
+    try: fig.savefig(tmp, **{'format': path.suffix[1:] or None, **kwargs}); os.replace(tmp, path)
     except BaseException: Path(tmp).unlink(missing_ok=True); raise
     return path
 
@@ -70,13 +81,24 @@ def boxes_table(records:list) -> pd.DataFrame:
         bs = r.get('boxes') or [None]
         for b in bs:
             if b is None: rows.append(dict(file=r['file'], **{'class': r['class']}, prob=r['prob'], **_mm(r)))
-            else: rows.append(dict(file=r['file'], **{'class': b['class']}, prob=b['prob'], x0=b['x0'], y0=b['y0'], x1=b['x1'], y1=b['y1'], score=b['score'], **_mm(r, b)))
-    df = pd.DataFrame(rows, columns=_cols)
+            else: rows.append(dict(file=r['file'], **{'class': b['class']}, prob=b['prob'], x0=b['x0'], y0=b['y0'], x1=b['x1'], y1=b['y1'], score=b['score'], **_mm(r, b),
+                                   **{k: v for k,v in b.items() if k not in _cols}))   # further box fields (e.g. `iou` of a run with --truth) as columns
+    df = pd.DataFrame(rows, columns=list(dict.fromkeys(_cols + [k for r in rows for k in r])))
     return df.astype({c: 'Int64' for c in ['x0','y0','x1','y1']})
 
 def errors_table(records:list) -> pd.DataFrame:
     "One row per failed file, and per file whose DICOM outputs weren't written (`dicom_error`, e.g. a PNG with --dicom-out): file, error"
     return pd.DataFrame([dict(file=r['file'], error=r.get('error') or r['dicom_error']) for r in records if r.get('error') or r.get('dicom_error')], columns=['file', 'error'])
+
+# %% ../nbs/10_report.ipynb #7e0fb5a6
+_formula_starts = ('=', '+', '-', '@', '\t', '\r')
+
+def csv_safe(df:pd.DataFrame) -> pd.DataFrame:
+    "`df` with every text cell that starts like a spreadsheet formula prefixed by a single quote (OWASP CSV injection)"
+    df = df.copy()
+    for c in df.columns:
+        if df[c].dtype==object or pd.api.types.is_string_dtype(df[c]): df[c] = df[c].map(lambda v: "'"+v if isinstance(v, str) and v.startswith(_formula_starts) else v)
+    return df
 
 # %% ../nbs/10_report.ipynb #c03f01e9
 def coco_results(records:list, vocab:list) -> dict:
@@ -259,8 +281,8 @@ def report_html(records:list, title:str='fastcam report',
 def write_outputs(out, records:list, vocab:list, summary:dict=None, info:dict=None, truth:dict=None) -> dict:
     "Write boxes.csv, boxes.coco.json, errors.csv and report.html into `out` from the records; return their paths"
     out = Path(out)
-    paths = dict(boxes=atomic_write(out/'boxes.csv', boxes_table(records).to_csv(index=False)),
+    paths = dict(boxes=atomic_write(out/'boxes.csv', csv_safe(boxes_table(records)).to_csv(index=False)),   # text that starts like a formula, quoted
                  coco=atomic_write(out/'boxes.coco.json', json.dumps(coco_results(records, vocab), indent=1)),
-                 errors=atomic_write(out/'errors.csv', errors_table(records).to_csv(index=False)),
+                 errors=atomic_write(out/'errors.csv', csv_safe(errors_table(records)).to_csv(index=False)),
                  report=atomic_write(out/'report.html', report_html(records, summary=summary, info=info, truth=truth)))
     return paths
