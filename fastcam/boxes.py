@@ -381,7 +381,7 @@ def show_boxes(img, # The image: tensor [C,H,W]/[H,W], PIL image or array, in or
                scores=None, # One score per box, written after the label
                color='red', # One color, a list (one per box) or a dict per label
                lw:float=2, ctx=None, figsize=None, title:str=None,
-               cmap:str=None, # Colormap of a one-channel image ('bone' suits X-rays)
+               cmap:str='bone', # Colormap of a grayscale image (one channel, or three equal ones): 'bone', as radiology viewers draw X-rays
                text_size:int=10, **kwargs):
     "Draw `img` and its `boxes`, labelled with `labels` and `scores`; returns the axis"
     if isinstance(boxes, pd.DataFrame):
@@ -394,6 +394,7 @@ def show_boxes(img, # The image: tensor [C,H,W]/[H,W], PIL image or array, in or
     keys = list(labels) if labels is not None else [None]*len(boxes)
     texts = [None if l is None and s is None else ' '.join(str(o) for o in (l, None if s is None else f"{float(s):.2f}") if o is not None)
              for l,s in zip(keys, scores if scores is not None else [None]*len(boxes))]
-    ctx = show_image(img, ctx=ctx, figsize=figsize, title=title, cmap=cmap)
+    from fastcam.overlay import image_rgb   # (fastcam.overlay imports this module)
+    ctx = show_image(image_rgb(img, cmap or 'bone'), ctx=ctx, figsize=figsize, title=title)
     cols = [_color(color, i, keys[i]) for i in range(len(boxes))]
     return TensorBBox.create(boxes).show(ctx=ctx, color=cols, lw=lw, text=texts, text_size=text_size, **kwargs)

@@ -47,6 +47,10 @@ def test_grayscale_is_drawn_with_bone_everywhere(tmp_path):
         a0, a1 = show_cam(img, zero, merge=False)
         assert np.abs(drawn(a0) - bone(gray)).max() <= 1 and np.abs(drawn(a1) - bone(gray)).max() <= 1
         plt.close('all')
+    # show_boxes (get_boxes' drawing) too, without being asked
+    from fastcam.boxes import show_boxes
+    assert np.abs(drawn(show_boxes(gray, [[5, 5, 20, 20]])) - bone(gray)).max() <= 1
+    plt.close('all')
     # a colour image is drawn as it is
     rgb = rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)
     assert (drawn(show_cam(rgb, zero)) == rgb).all()
