@@ -180,7 +180,12 @@ def _run_section(info) -> str:
     "The run's metadata: what made these results (model file and hash, layers, method, options, versions, date, command line)"
     if not info: return "<h2 id='run'>Run</h2><p class='note'>No run metadata was given to the report.</p>"
     rows = [(k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, bool) else str(v)) for k,v in _flat(info)]   # as given: 0.7 stays 0.7
-    return "<h2 id='run'>Run</h2>" + _table(rows, ['what', 'value'], 'run')
+    d = dict(rows)
+    key = [('model', 'model.file'), ('sha256', 'model.sha256'), ('method', 'options.method'), ('layer', 'options.layer'), ('threshold', 'options.threshold'),
+           ('tta', 'options.tta'), ('min_prob', 'options.min_prob'), ('target', 'options.target'), ('fastcam', 'versions.fastcam'), ('date', 'date')]
+    brief = _table([(n, d[k][:16] + '…' if n=='sha256' and len(d[k]) > 16 else d[k]) for n,k in key if d.get(k) not in (None, '')], ['what', 'value'], 'run')
+    return (f"<h2 id='run'>Run</h2>{brief}<details><summary>all run metadata ({len(rows)} entries: versions, command line, ...)</summary>"
+            + _table(rows, ['what', 'value'], 'run') + "</details>")
 
 # %% ../nbs/10_report.ipynb #aa724ddb
 def _class_section(ok, low_prob) -> str:
@@ -202,7 +207,7 @@ def _truth_section(truth, ok) -> str:
     "Ground truth: the summary metrics and the IoU of each file's best box with its true boxes"
     if not truth: return ''
     names = dict(pointing='pointing game (peak inside a true box)', box_acc='BoxAcc (IoU >= 0.5)', coco_ap='COCO AP (IoU .50:.95)', coco_ap50='COCO AP50')
-    keys = [k for k in truth if k not in ('per_file',)]
+    keys = [k for k in truth if k != 'per_file' and (k in names or truth[k] is not None)]   # a metric that couldn't be computed says n/a; other empty entries are left out
     rows = [(names.get(k, k), truth[k] if truth[k] is not None else 'n/a') for k in keys]
     per = truth.get('per_file') or {}
     fr = sorted(((f, d.get('iou')) for f,d in per.items()), key=lambda o: (o[1] is not None, o[1] or 0))
