@@ -13,7 +13,8 @@ from torch import Tensor
 from fastcore.basics import store_attr, patch
 from fastai.callback.core import Callback
 from fastai.learner import Learner
-from .core import CamSession, CamResult, cam_result, needs_grad, learner_cam, _vocab, _learner_multi_label, _first_tensor
+from fastai.torch_core import to_detach
+from .core import CamSession, CamResult, cam_result, needs_grad, learner_cam, _vocab, _learner_multi_label, _learner_target, _first_tensor
 
 # %% auto #0
 __all__ = ['GradCAMCallback', 'CAMMonitor']
@@ -26,7 +27,9 @@ class GradCAMCallback(Callback):
                  target=None, # None (predicted class), an int, a class name, 'all', or one per item of the dl
                  method='gradcam', # A method name from `fastcam.methods.methods`
                  cpu:bool=True, # Move each batch's maps to the CPU
-                 during_fit:bool=False): # Also explain the validation set at the end of every epoch of `fit`
+                 during_fit:bool=False, # Also explain the validation set at the end of every epoch of `fit`
+                 output=None, # Which output of a model returning several (a position or key); None: the first
+                 tokens:int=None, grid:tuple=None): # How a transformer layer becomes a map (see `fastcam.tokens.map_layout`); None: found
         store_attr()
         self.session,self.results,self.i,self.fitting,self.idxs = None,[],0,False,None
 
@@ -42,18 +45,18 @@ class GradCAMCallback(Callback):
     def before_batch(self):
         if self.training or (self.fitting and not self.during_fit): return
         xb = self.xb[0]
-        self.session = CamSession(self.model, [self.layer], needs_grad(self.method), xb).__enter__()
+        self.session = CamSession(self.model, [self.layer], needs_grad(self.method), xb, self.tokens, self.grid, self.output).__enter__()
 
     def after_pred(self):
         if self.session is None: return
         xb = self.xb[0]
-        t = self.target
+        t = _learner_target(self.learn, self.target)
         if isinstance(t, (list, tuple, Tensor)):  # one target per item, given in dataset order
             ks = range(self.i, self.i+len(xb)) if self.idxs is None else self.idxs[self.i:self.i+len(xb)]
             t = [t[k] for k in ks]
-        try: probs,(g,) = self.session.gather(_first_tensor(self.pred), t, _vocab(self.learn), _learner_multi_label(self.learn), xb)
+        try: probs,(g,) = self.session.gather(self.pred, t, _vocab(self.learn), _learner_multi_label(self.learn), xb)
         finally: self._close()
-        self.learn.pred = self.pred.detach()
+        self.learn.pred = to_detach(self.pred, cpu=False, gather=False)
         r = cam_result(self.method, g, probs, _vocab(self.learn))
         if self.cpu: r = r.to('cpu')
         self.results.append(r)

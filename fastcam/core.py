@@ -13,12 +13,13 @@ from torch import nn, Tensor
 from fastcore.basics import store_attr, patch, listify
 from fastai.learner import Learner
 from .hooks import _first_tensor
+from .tokens import map_layout, patch_size_of, last_block
 
 # %% auto #0
-__all__ = ['eval_mode', 'module_name', 'input_channels', 'trace_modules', 'auto_layer', 'find_layer', 'head_kind', 'out_probs',
-           'class_scores', 'resolve_targets', 'CamResult', 'normalize_maps', 'upsample_maps', 'Gathered',
-           'gap_linear_head', 'CamSession', 'gather', 'needs_grad', 'cam_result', 'several_layers', 'fuse_cams',
-           'unmirror', 'cam', 'learner_cam']
+__all__ = ['eval_mode', 'module_name', 'input_channels', 'trace_modules', 'auto_layer', 'block_reaching_output', 'find_layer',
+           'head_kind', 'out_probs', 'class_scores', 'ScoreTarget', 'score_target', 'resolve_targets', 'CamResult',
+           'normalize_maps', 'upsample_maps', 'Gathered', 'gap_linear_head', 'pick_output', 'CamSession', 'gather',
+           'needs_grad', 'cam_result', 'several_layers', 'fuse_cams', 'unmirror', 'cam', 'learner_cam']
 
 # %% ../nbs/01_core.ipynb #3d52256d
 @contextmanager
@@ -78,11 +79,14 @@ def _forward(model, xb):
 # %% ../nbs/01_core.ipynb #e6fefa77
 _traces = weakref.WeakKeyDictionary()
 
+def _trace_cache(model, xb):
+    "The cache of what `model` showed for inputs like `xb`, and its key"
+    names = tuple(n for n,_ in model.named_modules())
+    return _traces.setdefault(model, {}),(names, tuple(xb.shape[1:]), xb.dtype, xb.device)
+
 def trace_modules(model:nn.Module, xb:Tensor) -> list:
     "`(name, output shape)` of every module, in the order they finish, for one item of `xb` (cached)"
-    names = tuple(n for n,_ in model.named_modules())
-    key = (names, tuple(xb.shape[1:]), xb.dtype, xb.device)
-    cache = _traces.setdefault(model, {})
+    cache,key = _trace_cache(model, xb)
     if key in cache: return cache[key]
     rec,hooks = [],[]
     def _hook(n): return lambda m,i,o: rec.append((n, None if _first_tensor(o) is None else tuple(_first_tensor(o).shape)))
@@ -95,13 +99,52 @@ def trace_modules(model:nn.Module, xb:Tensor) -> list:
     return rec
 
 # %% ../nbs/01_core.ipynb #f6b5920f
-def _is_spatial(shape): return shape is not None and len(shape)==4 and (shape[2]>1 or shape[3]>1)
+def _layouts(model, xb):
+    "`(name, shape, MapLayout)` of every module in the order they finish; the layout is None where the output is no map with more than one position"
+    size,patch = tuple(xb.shape[-2:]),patch_size_of(model)
+    def _lay(n, s):
+        try: l = map_layout(s, size, n, patch, batch=1)
+        except ValueError: return None
+        return l if l.grid[0]*l.grid[1]>1 else None
+    return [(n, s, None if s is None else _lay(n, s)) for n,s in trace_modules(model, xb) if n]
 
 def auto_layer(model:nn.Module, xb:Tensor) -> str:
-    "Dotted name of the last module with a spatial `[B,C,h,w]` output"
-    names = [n for n,s in trace_modules(model, xb) if n and _is_spatial(s)]
-    if not names: raise ValueError("no module of the model outputs a spatial [B,C,h,w] map; pass layer= explicitly")
-    return names[-1]
+    "Dotted name of the last transformer block (see `block_reaching_output`), else of the last module with a spatial map output"
+    cache,key = _trace_cache(model, xb)
+    if ('auto',key) in cache: return cache['auto',key]
+    lays = _layouts(model, xb)
+    block = last_block(model, lays)
+    if block: name = block_reaching_output(model, xb, block, lays)
+    else:
+        maps = [n for n,_,l in lays if l is not None and l.kind!='tokens'] or [n for n,_,l in lays if l is not None]
+        if not maps: raise ValueError("no module of the model outputs a spatial map ([B,C,h,w], tokens [B,N,C] or channels-last [B,h,w,C]); pass layer= explicitly")
+        name = maps[-1]
+    cache['auto',key] = name
+    return name
+
+# %% ../nbs/01_core.ipynb #43f91dca
+def _reaches_output(model, xb, name, layout) -> bool:
+    "Whether the output of `model` on one item of `xb` has a nonzero gradient at some position of layer `name`'s map"
+    store = {}
+    def _hook(m, i, o):
+        if isinstance(o, Tensor) and o.is_floating_point(): store['a'] = o.detach().requires_grad_(); return store['a']
+    h = dict(model.named_modules())[name].register_forward_hook(_hook)
+    try:
+        with torch.enable_grad(), eval_mode(model): out = _first_tensor(model(xb[:1]))
+    finally: h.remove()
+    a = store.get('a')
+    if a is None or out is None or not out.requires_grad: return True
+    g, = torch.autograd.grad(out.float().sum(), a, allow_unused=True)
+    return g is not None and bool(layout(g).abs().sum()>0)
+
+def block_reaching_output(model:nn.Module, xb:Tensor, block:str, layouts:list) -> str:
+    "`block`, or its first norm when the model's output does not depend on the block's patch tokens (a class-token head)"
+    lay = {n:(s,l) for n,s,l in layouts}
+    if _reaches_output(model, xb, block, lay[block][1]): return block
+    mods = dict(model.named_modules())
+    norms = [n for n,s,l in layouts if n.startswith(block+'.') and l is not None and s==lay[block][0] and 'norm' in type(mods[n]).__name__.lower()]
+    if not norms: raise ValueError(f"the model's output does not depend on the patch tokens of its last block '{block}', and the block has no norm layer to explain instead; pass layer= (e.g. an earlier block)")
+    return norms[0]
 
 # %% ../nbs/01_core.ipynb #3412fd10
 def find_layer(model:nn.Module, layer=None, xb:Tensor=None) -> tuple:
@@ -125,11 +168,43 @@ def out_probs(out:Tensor, kind:str) -> Tensor:
     if kind=='binary': p = torch.sigmoid(out); return torch.cat([1-p, p], 1)
     return torch.sigmoid(out) if kind=='sigmoid' else torch.softmax(out, 1)
 
-def class_scores(out:Tensor, targets:Tensor, kind:str) -> Tensor:
-    "The logit of class `targets[i]` for every item `i` (the negative logit for class 0 of a binary head; 0 for padding `-1`)"
-    t = targets.clamp(min=0)
-    s = out[:,0]*(2*t-1) if kind=='binary' else out.gather(1, t[:,None])[:,0]
+def class_scores(out:Tensor, targets:Tensor, kind) -> Tensor:
+    "The logit of class `targets[i]` for every item `i` (the negative logit for class 0 of a binary head; 0 for padding `-1`); a `ScoreTarget` `kind` gives its own score"
+    if isinstance(kind, ScoreTarget): s = kind(out)
+    else:
+        t = targets.clamp(min=0)
+        s = out[:,0]*(2*t-1) if kind=='binary' else out.gather(1, t[:,None])[:,0]
     return torch.where(targets>=0, s, torch.zeros_like(s))
+
+# %% ../nbs/01_core.ipynb #61fb58cd
+class ScoreTarget:
+    "A target that is a score of the model's output, `f(output) -> [B]`, named `name`"
+    def __init__(self, f, name:str=None):
+        self.f = f
+        self.name = name or getattr(f, 'name', None) or getattr(f, '__name__', None) or type(f).__name__
+        if self.name=='<lambda>': self.name = 'score'
+    def __call__(self, out:Tensor) -> Tensor:
+        s = self.f(out)
+        if not isinstance(s, Tensor) or tuple(s.shape) not in ((len(out),), (len(out),1)):
+            got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+            raise ValueError(f"target '{self.name}' returned {got} for an output of shape {tuple(out.shape)}; a target function must return one score per item, a tensor [B]")
+        return s.reshape(len(out)).float()
+    def __repr__(self): return f"ScoreTarget({self.name!r})"
+
+def _regression(sign):
+    "`±output` of a model with one output per item"
+    def f(out):
+        if out.ndim>2 or (out.ndim==2 and out.shape[1]!=1):
+            raise ValueError(f"target '{'increase' if sign>0 else 'decrease'}' explains a model with one output per item, but it outputs {tuple(out.shape)}; pass a function f(output) -> [B] that picks or combines the outputs")
+        return sign*out.reshape(len(out))
+    return f
+
+def score_target(target):
+    "A `ScoreTarget` when `target` is a function of the output or 'increase'/'decrease' (of a regression output), else None"
+    if isinstance(target, ScoreTarget): return target
+    if isinstance(target, str) and target in ('increase', 'decrease'): return ScoreTarget(_regression(1 if target=='increase' else -1), target)
+    if callable(target) and not isinstance(target, (str, Tensor)): return ScoreTarget(target)
+    return None
 
 # %% ../nbs/01_core.ipynb #6eb08f71
 def _class_index(t, n, vocab):
@@ -258,6 +333,7 @@ class Gathered:
     def __init__(self, acts, grads, targets, out, kind, model=None, layer=None, xb=None): store_attr()
     def head_weights(self) -> Tensor:
         "Class weights `[n_classes, C]` of a GAP-then-linear head after the layer (BatchNorm1d folded in)"
+        if isinstance(self.kind, ScoreTarget): raise ValueError(f"CAM weights a class's linear head, but target '{self.kind.name}' is a score function; use method='gradcam'")
         W,b = gap_linear_head(self.model, self.layer, self.xb)
         return _check_gap_linear(W, b, self.acts, self.out, self.layer, self.kind)
 
@@ -321,6 +397,26 @@ def _model_device(model, xb):
     p = next(model.parameters(), None)
     return p.device if p is not None else xb.device
 
+def _to_model(model, xb):
+    "`xb` on the model's device, in its floating dtype (a float32 batch for a model cast to bfloat16 or float16)"
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dt = p.dtype if p is not None and xb.is_floating_point() else xb.dtype
+    return xb.to(_model_device(model, xb), dt)
+
+def pick_output(o, output=None) -> Tensor:
+    "The model output to explain: `o` when it is a tensor, else its element `output` (a position or key; None: the first tensor)"
+    if isinstance(o, Tensor):
+        if output not in (None, 0, -1): raise ValueError(f"output={output!r}: the model returns one tensor {tuple(o.shape)}; leave output=None")
+        return o
+    if output is None: t = _first_tensor(o)
+    else:
+        try: t = o[output]
+        except (IndexError, KeyError, TypeError):
+            keys = list(o) if isinstance(o, dict) else f"positions 0..{len(o)-1}"
+            raise ValueError(f"output={output!r}: the model returns a {type(o).__name__} of {len(o)} outputs; pass one of {keys}") from None
+    if not isinstance(t, Tensor): raise ValueError(f"the model's output {'' if output is None else f'{output!r} '}is a {type(t).__name__}, not a tensor of scores; pass output= to choose one")
+    return t
+
 def _as_batch(xb):
     "A plain tensor batch `[B,...]` (a single image `[C,H,W]` gets a batch dimension)"
     if not isinstance(xb, Tensor): raise ValueError(f"expected a tensor batch, got {type(xb).__name__}; use learn.cam(items) for files and images")
@@ -333,8 +429,11 @@ def _as_batch(xb):
 # %% ../nbs/01_core.ipynb #6b6ae728
 class CamSession:
     "Hooks on `layers`, eval mode and gradients from the first layer on, around one forward; all undone on exit"
-    def __init__(self, model:nn.Module, layers:list, need_grad:bool=True, xb:Tensor=None):
-        self.model,self.need_grad,self.handles = model,need_grad,[]
+    def __init__(self, model:nn.Module, layers:list, need_grad:bool=True, xb:Tensor=None,
+                 tokens:int=None, # Prefix tokens of a token layer (see `fastcam.tokens.map_layout`); None: found from the shapes
+                 grid:tuple=None, # `(h, w)` of a token or channels-last layer; None: found from the shapes
+                 output=None): # Which output of a model with several (a position or key, see `pick_output`); None: the first
+        self.model,self.need_grad,self.handles,self.xb,self.tokens,self.grid,self.output = model,need_grad,[],xb,tokens,grid,output
         self.found = [find_layer(model, l, xb) for l in layers]
         self.hooks = [_ActHook(n, need_grad) for n,_ in self.found]
 
@@ -360,23 +459,36 @@ def gather(self:CamSession, out:Tensor, target=None, vocab=None, multi_label:boo
            targets:Tensor=None): # Class indices `[B,T]` already resolved (padding -1), used as they are instead of `target`
     "`(probs, [Gathered per layer])` from the model's output `out`: targets resolved, one backward per target slot"
     self.remove_hooks()
+    out = pick_output(out, self.output)
     hooks,self.hooks = self.hooks,[_ActHook(h.name, self.need_grad) for h in self.hooks]
-    for h in hooks: _check_acts(h)
+    xb = self.xb if xb is None else xb
+    lays = [self.layout(h, xb) for h in hooks]
     kind,probs,targets = _probs_targets(out, target, vocab, multi_label, mirrored, targets)
     grads = _grads(out, targets, kind, [h.acts for h in hooks]) if self.need_grad else [None]*len(hooks)
     out = out.detach()
-    return probs,[Gathered(h.acts.detach(), g, targets, out, kind, self.model, h.name, xb) for h,g in zip(hooks, grads)]
+    return probs,[Gathered(l(h.acts.detach()), None if g is None else l(g, lead=2), targets, out, kind, self.model, h.name, xb)
+                  for h,g,l in zip(hooks, grads, lays)]
 
 # %% ../nbs/01_core.ipynb #95618e6b
 def _check_acts(h):
-    "One-line errors for a layer that did not run or is not a spatial map"
+    "One-line errors for a layer that did not run or did not output a tensor"
     if h.acts is None: raise ValueError(f"layer '{h.name}' did not run during the forward pass; choose a module the model uses")
-    if not isinstance(h.acts, Tensor) or h.acts.ndim!=4:
-        shape = tuple(h.acts.shape) if isinstance(h.acts, Tensor) else type(h.acts).__name__
-        raise ValueError(f"layer '{h.name}' outputs {shape}, not a [B,C,h,w] map; choose a convolutional layer (layer=None picks the last one)")
+    if not isinstance(h.acts, Tensor):
+        raise ValueError(f"layer '{h.name}' outputs a {type(h.acts).__name__}, not a map [B,C,h,w], tokens [B,N,C] or a channels-last map [B,h,w,C]; choose a layer that outputs one (layer=None picks one)")
+
+@patch
+def layout(self:CamSession, h, xb:Tensor=None):
+    "How hook `h`'s layer output becomes `[B,C,h,w]` maps (see `fastcam.tokens.map_layout`): a one-line error when it is no map"
+    _check_acts(h)
+    size = None if xb is None else tuple(xb.shape[-2:])
+    return map_layout(h.acts.shape, size, h.name, patch_size_of(self.model), self.tokens, self.grid, None if xb is None else len(xb))
 
 def _probs_targets(out, target=None, vocab=None, multi_label:bool=False, mirrored:bool=False, targets=None) -> tuple:
     "`(kind, probs, targets [B,T])` of the model's output `out`: `target` resolved (for a `mirrored` batch, on its first half and repeated), unless `targets` come resolved"
+    st = score_target(target)
+    if st is not None:
+        zeros = torch.zeros((len(out),1), dtype=torch.long, device=out.device)
+        return st,torch.full((len(out),1), float('nan'), device=out.device),zeros if targets is None else targets
     kind = head_kind(out, multi_label)
     probs = out_probs(out, kind)
     if targets is None:
@@ -395,12 +507,13 @@ def _grads(out, targets, kind, acts, retain_graph:bool=False):
 
 # %% ../nbs/01_core.ipynb #3b212e6d
 def gather(model:nn.Module, xb:Tensor, layers:list, target=None, vocab=None, multi_label:bool=False, need_grad:bool=True,
-           mirrored:bool=False): # The batch's second half mirrors its first (see `CamSession.gather`)
+           mirrored:bool=False, # The batch's second half mirrors its first (see `CamSession.gather`)
+           tokens:int=None, grid:tuple=None, # How a token or channels-last layer becomes a map (see `CamSession`)
+           output=None): # Which output of a model with several (see `pick_output`)
     "`(probs, [Gathered per layer])` from one forward (and one backward per target slot) of `xb`"
-    xb = _as_batch(xb)
-    xb = xb.to(_model_device(model, xb))
-    with CamSession(model, layers, need_grad, xb) as s:
-        return s.gather(_first_tensor(_forward(model, xb)), target, vocab, multi_label, xb, mirrored)
+    xb = _to_model(model, _as_batch(xb))
+    with CamSession(model, layers, need_grad, xb, tokens, grid, output) as s:
+        return s.gather(_forward(model, xb), target, vocab, multi_label, xb, mirrored)
 
 # %% ../nbs/01_core.ipynb #d4e87d5d
 def _method(method):
@@ -415,6 +528,7 @@ def cam_result(method, g:Gathered, probs:Tensor, vocab=None, **kwargs) -> CamRes
     "The `CamResult` of `method` on what was gathered at one layer (`kwargs` go to the method)"
     fn = _method(method)
     maps = fn(g, **kwargs).float() * (g.targets>=0)[...,None,None]
+    if isinstance(g.kind, ScoreTarget): vocab = [g.kind.name]
     return CamResult(maps.detach(), g.targets, probs, vocab, g.layer, getattr(fn, 'name', str(method)), tuple(g.xb.shape[-2:]))
 
 # %% ../nbs/01_core.ipynb #126f054d
@@ -439,12 +553,15 @@ def unmirror(r:CamResult) -> CamResult:
 def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', vocab=None, multi_label:bool=False,
         fused:bool=False, # With several layers: only their fused `CamResult` instead of the dict
         tta:bool=False, # Also explain each item's mirror image and average the two normalised maps (see `unmirror`)
+        tokens:int=None, # Prefix tokens of a transformer layer's output (see `fastcam.tokens.map_layout`); None: found from the shapes
+        grid:tuple=None, # `(h, w)` of a token or channels-last layer's map; None: found from the shapes
+        output=None, # Which output of a model returning several (a position or key); None: the first
         **kwargs):
-    "Class activation maps of `target` for the batch `xb` at `layer` (or several layers) of `model`, in one forward pass"
+    "Class activation maps of `target` (a class, several, or a score function, see `ScoreTarget`) for the batch `xb` at `layer` (or several layers) of `model`, in one forward pass"
     layers = several_layers(layer)
     xb = _as_batch(xb)
     if tta: xb = torch.cat([xb, xb.flip(-1)])
-    probs,gs = gather(model, xb, layers or [layer], target, vocab, multi_label, needs_grad(method), mirrored=tta)
+    probs,gs = gather(model, xb, layers or [layer], target, vocab, multi_label, needs_grad(method), mirrored=tta, tokens=tokens, grid=grid, output=output)
     res = [cam_result(method, g, probs, vocab, **kwargs) for g in gs]
     if tta: res = [unmirror(r) for r in res]
     if not layers: return res[0]
@@ -452,6 +569,13 @@ def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', v
     return f if fused else {**{r.layer: r for r in res}, 'fused': f}
 
 # %% ../nbs/01_core.ipynb #9fa4b764
+_regression_losses = ('MSELoss', 'L1Loss', 'SmoothL1Loss', 'HuberLoss')
+
+def _learner_target(learn, target):
+    "`target`, or 'increase' for a learner trained with a regression loss"
+    lf = getattr(learn.loss_func, 'func', learn.loss_func)
+    return 'increase' if target is None and type(lf).__name__ in _regression_losses else target
+
 def _learner_multi_label(learn):
     lf = getattr(learn.loss_func, 'func', learn.loss_func)
     return isinstance(lf, nn.BCEWithLogitsLoss) or 'BCE' in type(learn.loss_func).__name__
@@ -464,6 +588,7 @@ def _vocab(learn):
 # %% ../nbs/01_core.ipynb #25129b89
 def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, fused:bool=False, tta:bool=False, **kwargs):
     "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `(dls or learn.dls).test_dl`"
+    target = _learner_target(learn, target)
     kw = dict(layer=layer, method=method, vocab=_vocab(learn), multi_label=_learner_multi_label(learn), fused=fused, tta=tta, **kwargs)
     if isinstance(x, Tensor) and x.ndim==4: return cam(learn.model, x, target=target, **kw)
     from fastcam.items import check_items, learner_item
