@@ -140,14 +140,16 @@ def test_fastai_vit_learner_end_to_end(dls, tmp_path):
     ref = learn.cam(files)
     assert ref.layer == '0.model.blocks.11.norm1' and ref.maps.shape == (3, 1, 4, 4) and ref.maps.abs().sum() > 0
     # the maps are pytorch-grad-cam's at that layer
-    xb = dls.test_dl(files).one_batch()[0].cpu()
+    xb = dls.test_dl(files).one_batch()[0].cpu().as_subclass(torch.Tensor)   # pytorch-grad-cam trips on fastai's tensor subclasses
     model = learn.model.cpu().eval()
     peer = _pgc('GradCAM', model, model.get_submodule(ref.layer), xb, ref.targets[:, 0].tolist(), _reshape(1, 4, 4))
-    for o, p in zip(_pgc_style(ref.maps, (64, 64)), peer): assert _corr(o, p) >= 0.99
-    r = get_cmaps(files[0], dls, learn, show_maps=False, show_cmap=False)
-    torch.testing.assert_close(r.maps[:, :1], ref.maps[:1])   # 'all' classes, the predicted one first
-    lb = get_boxes(files[0], dls, learn, show_img=False)
-    assert len(lb.df) >= 1
+    assert peer.max() > 0
+    for o, p in zip(_pgc_style(ref.maps, (64, 64)), peer): assert (o.max() == 0) if p.max() == 0 else _corr(o, p) >= 0.99   # all negative: both blank after the ReLU
+    i = int(ref.maps.flatten(1).amax(1).argmax())   # an item whose map has a positive part, to box
+    r = get_cmaps(files[i], dls, learn, show_maps=False, show_cmap=False)
+    torch.testing.assert_close(r.maps[:, :1], ref.maps[i:i+1])   # 'all' classes, the predicted one first
+    lb = get_boxes(files[i], dls, learn, show_img=False)
+    assert lb.df.x0.notna().sum() >= 1
     cb = GradCAMCallback()
     learn.get_preds(dl=dls.test_dl(files), cbs=cb)
     torch.testing.assert_close(cb.cams.maps, ref.maps, atol=1e-5, rtol=1e-4)
