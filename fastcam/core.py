@@ -99,6 +99,8 @@ def trace_modules(model:nn.Module, xb:Tensor) -> list:
     return rec
 
 # %% ../nbs/01_core.ipynb #f6b5920f
+def _is_spatial(shape): return shape is not None and len(shape)==4 and (shape[2]>1 or shape[3]>1)
+
 def _layouts(model, xb):
     "`(name, shape, MapLayout)` of every module in the order they finish; the layout is None where the output is no map with more than one position"
     size,patch = tuple(xb.shape[-2:]),patch_size_of(model)
