@@ -1,6 +1,7 @@
 "On a CUDA GPU (skipped without one; bench/device_check.sh runs them): the engine, GradCAMCallback under fastai's fp16 MixedPrecision, a timm ViT, and `fastcam run`, each against the same computation in float32 on the CPU."
 import copy, numpy as np, pandas as pd, pytest, torch, torchvision
 from fastcam.core import cam
+import fastcam.callback   # Learner.get_cams
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (bench/device_check.sh)')]
 
