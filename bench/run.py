@@ -21,15 +21,23 @@ The target is `fastcam run` at least 5x the loop's files per second.
 On a machine that other jobs keep busy, `--threads 1` gives steadier figures: torch's parallel element-wise
 ops then wait for descheduled threads, which slows both sides (more so the loop's one-item batches).
 
+`--memory` measures instead the peak resident memory (RSS) of `fastcam run` explaining ONE large file, for a 4096 x 4096
+and a 10000 x 10000 input, each a DICOM (16-bit, uncompressed) and a PNG (8-bit grey), each in a fresh process
+(`resource.getrusage(RUSAGE_CHILDREN).ru_maxrss` of that process), next to the same run on a 128 x 128 file (the
+process's baseline: Python, torch, fastai, the Learner). `--code DIR` runs the children with another fastcam
+checkout first (e.g. `git archive` of the commit before), so before and after are measured side by side in one run.
+
 Usage: python bench/run.py [--quick] [--files 200] [--bs 16] [--size 128] [--threads N] [--out FILE]
+       python bench/run.py --memory [--code DIR] [--out FILE]
 """
 from __future__ import annotations
-import argparse, os, shutil, sys, tempfile, time, warnings
+import argparse, os, shutil, subprocess, sys, tempfile, time, warnings
 warnings.filterwarnings('ignore')
 from pathlib import Path
 import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
-import torch
+import numpy as np, torch
+from PIL import Image
 from fastai.vision.all import DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, vision_learner, load_learner
 from fastcam.synth import make_dicom_set
 from fastcam.items import DicomBlock
@@ -64,6 +72,66 @@ def time_loop(learn, files, show=False, out=None):
         if show: plt.close('all')
     return time.perf_counter() - t0
 
+def big_inputs(root, sides=(4096, 10000)):
+    "A DICOM and a PNG of each side: a smooth synthetic chest-like picture (a bright disc on a gradient), made without float64 copies"
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    files = []
+    for n in sides:
+        y, x = np.ogrid[:n, :n]
+        px = (x*(1500/n) + y*(500/n)).astype(np.uint16)
+        px[(y - n//2)**2 + (x - n//3)**2 < (n//8)**2] += 1500
+        meta = FileMetaDataset(); meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.MediaStorageSOPClassUID = '1.2.840.10008.5.1.4.1.1.1'; meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds = Dataset(); ds.file_meta = meta; ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 'CR', n, n, 1, 'MONOCHROME2'
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.WindowCenter, ds.WindowWidth = 1500, 3000
+        ds.PixelData = px.tobytes()
+        ds.save_as(root/f'big_{n}.dcm', enforce_file_format=True)
+        Image.fromarray((px >> 4).astype(np.uint8)).save(root/f'big_{n}.png')
+        del px
+        files += [root/f'big_{n}.dcm', root/f'big_{n}.png']
+    return files
+
+def peak_rss_mb(pkl, f, out, code=None) -> float:
+    "Peak RSS in MB of a fresh `fastcam run` process explaining file `f` (with fastcam from `code` when given)"
+    env = {**os.environ, 'PYTHONPATH': str(code) if code else os.environ.get('PYTHONPATH', '')}
+    py = ("import resource, sys; from fastcam.cli import main; rc = main(sys.argv[1:]); "
+          "print('RC', rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    r = subprocess.run([sys.executable, '-c', py, 'run', str(pkl), str(f), '--out', str(out), '--trust', '--no-progress'],
+                       capture_output=True, text=True, env=env)
+    line = [l for l in r.stdout.splitlines() if l.startswith('RC ')]
+    if not line: return float('nan')
+    rc, kb = line[-1].split()[1:]
+    ok = rc == '0' and (Path(out)/'boxes.csv').exists()
+    return int(kb)/1024 if ok else float('nan')
+
+def memory(a):
+    "The --memory table: peak RSS of `fastcam run` per large file, baseline beside it (and the other code's, with --code)"
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        pkl = export_learner(root, a.size)
+        small = root/'small.png'; Image.new('L', (128, 128), 90).save(small)
+        files = [small] + big_inputs(root)
+        codes = ([('before', a.code)] if a.code else []) + [('this', None)]
+        rows = []
+        for f in files:
+            for name, code in codes:
+                out = root/f'out_{name}_{f.stem}_{f.suffix[1:]}'
+                mb = peak_rss_mb(pkl, f, out, code)
+                rows.append((name, f, mb)); print(name, f.name, f'{mb:.0f} MB', flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+    base = {name: mb for name, f, mb in rows if f.name=='small.png'}
+    lines = [f"Peak RSS of `fastcam run` on one file (a fresh process each; tiny XResNet at {a.size} px, CPU; load average {os.getloadavg()[0]:.1f})", '',
+             '| code | input | file MB | peak RSS MB | over the 128 px baseline MB |', '|---|---|---|---|---|']
+    for name, f, mb in rows:
+        size = f.stem.split('_')[-1] if f.name!='small.png' else '128'
+        fmb = f.stat().st_size/2**20 if f.exists() else float('nan')
+        lines.append(f"| {name} | {size} x {size} {f.suffix[1:].upper()} | {fmb:.1f} | {mb:.0f} | {mb - base[name]:.0f} |")
+    return '\n'.join(lines)
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--quick', action='store_true', help='48 files instead of 200')
@@ -72,7 +140,13 @@ def main():
     p.add_argument('--size', type=int, default=128, help='model input size (squish), as the demo')
     p.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's, one per core)")
     p.add_argument('--out', default=None, help='also write the markdown table to this file')
+    p.add_argument('--memory', action='store_true', help='peak RSS per file for 4096 and 10000 px inputs instead of speed')
+    p.add_argument('--code', default=None, help='with --memory: also measure the fastcam in this folder (e.g. the commit before)')
     a = p.parse_args()
+    if a.memory:
+        md = memory(a); print(md)
+        if a.out: Path(a.out).write_text(md + '\n')
+        return
     n = a.files or (48 if a.quick else 200)
     if a.threads: torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as d:

@@ -6,7 +6,7 @@ Docs: https://fastcam.github.io/fastcam/boxes.html.md"""
 
 # %% ../nbs/05_boxes.ipynb #6c889240
 from __future__ import annotations
-import math, operator, os
+import difflib, math, operator, os
 from fractions import Fraction
 import numpy as np, pandas as pd, torch
 import torch.nn.functional as F
@@ -16,16 +16,17 @@ from matplotlib.colors import is_color_like
 from torch import Tensor
 from skimage.measure import label, regionprops
 from fastcore.basics import patch
+from fastcore.meta import delegates
 from fastai.torch_core import show_image, retain_type
 from fastai.data.core import Pipeline
 from fastai.vision.core import TensorBBox, LabeledBBox
 from fastai.vision.augment import (Resize, ResizeMethod, RandomResizedCrop, CropPad, RandomCrop, OldRandomCrop, RatioResize,
                                    AffineCoordTfm, RandomResizedCropGPU, SpaceTfm, RandomErasing)
-from .core import CamResult, normalize_maps, upsample_maps
+from .core import CamResult, normalize_maps, upsample_maps, with_param_docs
 
 # %% auto #0
-__all__ = ['InputGeometry', 'input_geometry', 'maps_to_original', 'cell_to_original', 'peak_boxes', 'threshold_boxes',
-           'cam_boxes', 'result_boxes', 'result_original_maps', 'show_boxes']
+__all__ = ['InputGeometry', 'input_geometry', 'maps_to_original', 'cell_to_original', 'peak_boxes', 'check_threshold',
+           'threshold_boxes', 'cam_boxes', 'result_boxes', 'result_original_maps', 'check_color', 'show_boxes']
 
 # %% ../nbs/05_boxes.ipynb #3aad1493
 def _resize_window(w, h, sw, sh, method):
@@ -237,6 +238,15 @@ def peak_boxes(m, # One map `[h, w]` at layer resolution
     if not seen[i,j] or n[i,j] <= 0: return _no_boxes()
     return np.array([[xs[j][0], ys[i][0], xs[j][1], ys[i][1]]], np.int64),np.array([n[i,j]], np.float32)
 
+# %% ../nbs/05_boxes.ipynb #2a0e2b5f
+def check_threshold(threshold, name:str='threshold'):
+    "`ValueError` unless `threshold` is a fraction from 0 to 1 (a percentage such as 70 is the usual slip); `name` is how the message calls it"
+    try: ok = 0 <= float(threshold) <= 1
+    except (TypeError, ValueError): ok = False
+    if ok: return
+    pct = isinstance(threshold, (int, float)) and 1 < threshold <= 100
+    raise ValueError(f"{name}={threshold!r} is not a fraction of the map's maximum from 0 to 1" + (f"; for {threshold}% give {name}={threshold/100:g}" if pct else ''))
+
 # %% ../nbs/05_boxes.ipynb #c83adad9
 def threshold_boxes(m, # One map `[H, W]` at original resolution (NaN where unseen)
                     threshold:float=0.7, # Fraction of the map's maximum a pixel must reach
@@ -245,6 +255,7 @@ def threshold_boxes(m, # One map `[H, W]` at original resolution (NaN where unse
                     score:str='max', # Component score: 'max', 'mean' or 'mass' of the normalised map
                     relu:bool=True): # ReLU before normalising
     "`(boxes [n,4], scores [n])`: one box `(x0, y0, x1, y1)` per connected region above `threshold`, best first"
+    check_threshold(threshold)
     if score not in ('max', 'mean', 'mass'): raise ValueError(f"unknown score '{score}': use 'max', 'mean' or 'mass'")
     a = m.detach().double().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m, np.float64)
     if relu: a = np.where(np.isnan(a), a, np.maximum(a, 0))
@@ -318,6 +329,10 @@ def result_original_maps(res:CamResult, i:int, normalize:bool=True, fill:float=0
     m = normalize_maps(res.maps[i]) if normalize else res.maps[i]
     return maps_to_original(m, _sizes_of(res, orig_sizes)[i], res.geometry if geometry is None else geometry, fill, res.input_size)
 
+# %% ../nbs/05_boxes.ipynb #67fb6f24
+delegates(cam_boxes)(CamResult.boxes)        # help(CamResult.boxes): cam_boxes' keyword parameters in the signature...
+with_param_docs(CamResult.boxes, cam_boxes, skip=('self', 'res'))  # ...and what each one means in the docstring
+
 # %% ../nbs/05_boxes.ipynb #e1211a84
 def _outline(o, lw): o.set_path_effects([patheffects.Stroke(linewidth=lw, foreground='black'), patheffects.Normal()])
 
@@ -334,11 +349,23 @@ def _draw_box(ax, b, color='white', lw=2, text=None, text_size=14, rev=False, **
 def _color(color, i, key=None, default='white'):
     "The color of box `i` (with label `key`) from one color, a list of colors or a dict of them"
     if color is None: return default
-    if isinstance(color, dict): return color.get(key, default)
+    if isinstance(color, dict): return _valid_color(color.get(key, default))
     if not is_color_like(color) and isinstance(color, (list, tuple)):
         if i >= len(color): raise ValueError(f"{len(color)} colors for more boxes; give one color per box, one color, or a dict per label")
-        return color[i]
-    return color
+        return _valid_color(color[i])
+    return _valid_color(color)
+
+def check_color(color):
+    "A one-line `ValueError` unless `color` is None, one color, a list of colors or a dict of them (checked before anything is drawn, boxes or not)"
+    if color is None or is_color_like(color): return
+    for c in (color.values() if isinstance(color, dict) else color if isinstance(color, (list, tuple)) else [color]): _valid_color(c)
+
+def _valid_color(c):
+    "`c` if matplotlib takes it as a color, else a one-line error naming the forms that work"
+    if is_color_like(c): return c
+    from matplotlib.colors import get_named_colors_mapping
+    close = difflib.get_close_matches(str(c), list(get_named_colors_mapping()), n=3) if isinstance(c, str) else []
+    raise ValueError(f"color {c!r} is not a color: give a name ('red', 'tab:blue'), a hex string ('#ff8800'), an RGB(A) tuple in 0..1, a list with one per box or a dict per label" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ''))
 
 def _new_ctx(boxes, img_size, figsize):
     "An axis in image orientation that fits `img_size` `(w, h)` or the boxes"
@@ -384,6 +411,7 @@ def show_boxes(img, # The image: tensor [C,H,W]/[H,W], PIL image or array, in or
                cmap:str='bone', # Colormap of a grayscale image (one channel, or three equal ones): 'bone', as radiology viewers draw X-rays
                text_size:int=10, **kwargs):
     "Draw `img` and its `boxes`, labelled with `labels` and `scores`; returns the axis"
+    check_color(color)
     if isinstance(boxes, pd.DataFrame):
         df = boxes
         boxes = df[['x0', 'y0', 'x1', 'y1']].to_numpy()

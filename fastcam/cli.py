@@ -6,7 +6,7 @@ Docs: https://fastcam.github.io/fastcam/cli.html.md"""
 
 # %% ../nbs/11_cli.ipynb #d0971d36
 from __future__ import annotations
-import functools, hashlib, io, json, os, random, re, socket, subprocess, sys, time, warnings
+import functools, hashlib, io, json, os, pickle, random, re, socket, subprocess, sys, time, warnings
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +20,7 @@ from fastai.vision.all import (DataBlock, CategoryBlock, ColReader, ColSplitter,
                                vision_learner, accuracy, load_learner, Learner, create_body)
 from .core import learner_cam
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
+from .boxes import check_threshold
 from .report import atomic_write, sync_disk, write_outputs, csv_safe
 from .truth import Truth, evaluate_run, coco_results_list
 from .runs import (scan_inputs, lock_out, clean_temporaries, run_options, run_info, model_identity, save_run_info, resume_conflict,
@@ -29,9 +30,9 @@ from .overlay import render_overlay, with_unseen
 from .synth import make_dicom_set
 
 # %% auto #0
-__all__ = ['image_exts', 'overlay_side', 'DEMO_LAYERS', 'commands', 'find_inputs', 'tiny_xresnet', 'weights_learner',
-           'load_for_run', 'process_files', 'launch', 'run', 'small_xresnet', 'synth_dls', 'gap_linear_learner',
-           'demo_hits', 'demo_threshold', 'demo', 'main']
+__all__ = ['image_exts', 'overlay_side', 'map_side', 'DEMO_LAYERS', 'commands', 'find_inputs', 'tiny_xresnet', 'weights_learner',
+           'load_for_run', 'work_maps', 'work_boxes', 'process_files', 'launch', 'run', 'small_xresnet', 'synth_dls',
+           'gap_linear_learner', 'demo_hits', 'demo_threshold', 'demo', 'main']
 
 # %% ../nbs/11_cli.ipynb #c296208d
 if __name__ == '__main__' and '__file__' in globals():  # `python -m fastcam.cli`, not a notebook
@@ -58,17 +59,43 @@ def _arch(name):
 
 # %% ../nbs/11_cli.ipynb #d0066661
 def weights_learner(arch:str, weights, vocab:list, size:int=224, device='cpu'):
-    "A Learner from architecture name `arch` and a weights-only state dict (no pickle is unpickled)"
+    "A Learner from architecture name `arch` and a weights-only state dict file `weights` (no pickle is unpickled; None: untrained)"
     dblock = DataBlock(blocks=(DicomBlock(), CategoryBlock(vocab=vocab)), get_y=lambda o: vocab[0], splitter=lambda o: ([0], [0]),
                        item_tfms=Resize(size, method='squish'), batch_tfms=Normalize.from_stats(*imagenet_stats))
     dls = dblock.dataloaders([Image.new('L', (size, size))], bs=1, num_workers=0, device=device)
     learn = vision_learner(dls, _arch(arch), pretrained=False, n_out=len(vocab))
-    try: sd = torch.load(weights, map_location='cpu', weights_only=True)
-    except Exception as e: raise CliError(f"fastcam run: can't read --weights {weights}: {str(e).splitlines()[0]}")
-    sd = sd.get('model', sd) if isinstance(sd, dict) else sd
-    try: learn.model.load_state_dict(sd)
-    except RuntimeError as e: raise CliError(f"fastcam run: --weights {weights} doesn't fit --arch {arch} with {len(vocab)} classes: {str(e).splitlines()[0]}")
+    if weights is None: return learn
+    sd = _read_weights(weights)
+    if (why := _misfit(learn.model, sd)): raise CliError(f"fastcam run: --weights {weights} doesn't fit --arch {arch} with {len(vocab)} classes: {why}; check --arch and --vocab (one name per output)")
+    learn.model.load_state_dict(sd)
     return learn
+
+def _plain(e) -> str:
+    "The first line of exception `e`, without terminal escape codes"
+    return re.sub(r'\x1b\[[0-9;]*[A-Za-z]', '', (str(e).strip().splitlines() or [''])[0]).strip() or type(e).__name__
+
+def _read_weights(weights) -> dict:
+    "The state dict in file `weights`, read without unpickling objects (`weights_only`); one-line errors saying what the file is instead"
+    if not Path(weights).is_file(): raise CliError(f"fastcam run: --weights {weights} is not a file")
+    try: sd = torch.load(weights, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if (g := re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(e))):   # torch's message: multi-line, with terminal escape codes
+            raise CliError(f"fastcam run: --weights {weights} holds pickled objects ({g[1]}: a whole model or Learner?), not just weights; save them with torch.save(learn.model.state_dict(), path), or give an exported Learner as LEARNER with --trust") from None
+        raise CliError(f"fastcam run: --weights {weights} is not a PyTorch weights file (torch.save of a state dict): {_plain(e)}") from None
+    except Exception as e: raise CliError(f"fastcam run: can't read --weights {weights} as a PyTorch weights file: {type(e).__name__}: {_plain(e)}") from None
+    sd = sd.get('model', sd) if isinstance(sd, dict) else sd
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CliError(f"fastcam run: --weights {weights} holds a {type(sd).__name__}, not a state dict of tensors; save one with torch.save(learn.model.state_dict(), path)")
+    return sd
+
+def _misfit(model, sd) -> str:
+    "Why state dict `sd` doesn't fit `model` (missing, unexpected and reshaped tensors, an example of each); '' if it fits"
+    own = model.state_dict()
+    missing,extra = [k for k in own if k not in sd],[k for k in sd if k not in own]
+    shapes = [f"'{k}' is {list(sd[k].shape)} in the file, {list(own[k].shape)} in the model" for k in own if k in sd and sd[k].shape!=own[k].shape]
+    why = [f"{len(missing)} tensors missing (e.g. '{missing[0]}')" if missing else '', f"{len(extra)} unexpected (e.g. '{extra[0]}')" if extra else '',
+           f"{len(shapes)} of another shape ({shapes[0]})" if shapes else '']
+    return ', '.join(w for w in why if w)
 
 def load_for_run(learner=None, trust:bool=False, arch:str=None, weights=None, vocab:str=None, size:int=224, device='cpu'):
     "The Learner to run: from weights only (`arch`, `weights`, `vocab`), or an exported Learner when `trust`ed"
@@ -80,7 +107,15 @@ def load_for_run(learner=None, trust:bool=False, arch:str=None, weights=None, vo
     if not trust: raise CliError(f"fastcam run: refusing to load {learner}: an exported Learner is a pickle and loading it runs any code it holds; add --trust if you trust its source, or load weights only with --arch/--weights/--vocab")
     with warnings.catch_warnings():   # fastai warns that the pickle can run code: --trust said so already
         warnings.simplefilter('ignore', UserWarning)
-        learn = load_learner(learner, cpu=str(device)=='cpu')
+        try: learn = load_learner(learner, cpu=str(device)=='cpu')
+        except AttributeError as e:
+            if (m := re.match(r"'([\w.]+)' object has no attribute 'dls'", str(e))):   # fastai's load_learner of another pickled object
+                raise CliError(f"fastcam run: LEARNER {learner} holds a {m[1]}, not a Learner from learn.export(); for a state dict use --weights with --arch and --vocab") from None
+            raise CliError(f"fastcam run: can't load LEARNER {learner} as an exported Learner (AttributeError: {_plain(e)}); its classes may come from code not imported here") from None
+        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, ImportError) as e:
+            raise CliError(f"fastcam run: can't load LEARNER {learner} as an exported Learner ({type(e).__name__}: {_plain(e)}); give a file from learn.export(), or weights with --arch/--weights/--vocab") from None
+    if not isinstance(learn, Learner):
+        raise CliError(f"fastcam run: LEARNER {learner} holds a {type(learn).__name__}, not a Learner from learn.export(); for a state dict use --weights with --arch and --vocab")
     learn.dls.to(device); learn.model.to(device)
     return learn
 
@@ -121,6 +156,33 @@ def _overlay(img, m, title, boxes, out, f, vocab, truth=None):
     _png(render_overlay(img, None, **kw), _out_path(out, 'originals', f, '.png'))
     return _png(render_overlay(img, m, boxes, truth=truth, **kw), _out_path(out, 'overlays', f, '.png'))
 
+# %% ../nbs/11_cli.ipynb #1ff26b5d
+map_side = 2048   # longest side, in pixels, of the maps `fastcam run` boxes and draws; larger originals are boxed at this size and their boxes scaled back
+
+def _work_size(hw) -> tuple:
+    "`(h, w)`: original size `hw` scaled down to at most `map_side` on its long side (unchanged when smaller)"
+    H,W = (int(o) for o in hw)
+    s = min(1., map_side/max(H, W))
+    return (H, W) if s==1 else (max(1, round(H*s)), max(1, round(W*s)))
+
+def work_maps(res) -> list:
+    "Each item's normalised maps `[T, h, w]` of `res` at `_work_size` of its original size"
+    return [res.original_maps(i, orig_sizes=[_work_size(hw) for hw in res.orig_sizes]) for i in range(len(res))]
+
+def work_boxes(res, mode:str='threshold', min_area:int=16, **kwargs):
+    "`res.boxes(mode, ...)` with threshold boxes found on `work_maps` (pass them as `original`) and scaled back to original pixels"
+    if mode!='threshold': return res.boxes(mode=mode, **kwargs)
+    work = [_work_size(hw) for hw in res.orig_sizes]
+    small = min(h*w/(H*W) for (h,w),(H,W) in zip(work, res.orig_sizes))
+    df = res.boxes(mode=mode, orig_sizes=work, min_area=max(1, round(min_area*small)), **kwargs)
+    if df.empty or small==1: return df
+    fy = np.array([H/h for (h,_),(H,_) in zip(work, res.orig_sizes)])[df['item'].to_numpy()]
+    fx = np.array([W/w for (_,w),(_,W) in zip(work, res.orig_sizes)])[df['item'].to_numpy()]
+    for c,f,op in (('x0', fx, np.floor), ('y0', fy, np.floor), ('x1', fx, np.ceil), ('y1', fy, np.ceil)):
+        ok = df[c].notna()
+        df.loc[ok, c] = op(df.loc[ok, c].to_numpy(np.float64)*f[ok.to_numpy()]).astype(np.int64)
+    return df
+
 # %% ../nbs/11_cli.ipynb #7a3bb9a7
 _Read = namedtuple('_Read', 'file item img')   # a file, what `test_dl` gets for it, the overlay's pixels
 
@@ -144,10 +206,10 @@ _Job = namedtuple('_Job', 'read map title boxes raw rec vocab truth', defaults=(
 def _explain_batch(learn, batch, cfg) -> list:
     "Explain `batch` (`_Read`s) in one batch: a `_Job` per file with its map in original pixels (computed once, for its boxes and its overlay), boxes and record"
     res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True, tta=cfg['tta'])
-    mos = [res.original_maps(i) for i in range(len(batch))]
+    mos = work_maps(res)   # at most map_side pixels on the long side: bounded memory per file
     kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk'], original=mos) if cfg['mode']=='threshold' else {}
     boxes = [[] for _ in batch]
-    for r in res.boxes(mode=cfg['mode'], **kw).to_dict('records'): boxes[r['item']].append(r)
+    for r in work_boxes(res, mode=cfg['mode'], **kw).to_dict('records'): boxes[r['item']].append(r)
     vocab = res.vocab or list(range(res.probs.shape[1]))
     jobs = []
     for i,o in enumerate(batch):
@@ -303,6 +365,8 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
     learner,inputs = (None,paths) if weights else (paths[0] if paths else None,paths[1:])
     if not inputs: raise CliError("fastcam run: no INPUT given: name files or folders to explain after LEARNER")
     if mode not in ('threshold', 'peak'): raise CliError(f"fastcam run: --mode must be 'threshold' or 'peak', not '{mode}'")
+    try: check_threshold(threshold, '--threshold')
+    except ValueError as e: raise CliError(f"fastcam run: {e}") from None
     if num_processes>1 and 'WORLD_SIZE' not in os.environ:
         argv = [a for a in sys.argv[1:]]
         return launch(num_processes, _drop_opt(argv, '--num-processes'))

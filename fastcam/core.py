@@ -8,7 +8,7 @@ Docs: https://fastcam.github.io/fastcam/core.html.md"""
 from __future__ import annotations
 import difflib, re, weakref
 from contextlib import contextmanager, ExitStack
-import torch, torch.nn.functional as F
+import pandas as pd, torch, torch.nn.functional as F
 from torch import nn, Tensor
 from fastcore.basics import store_attr, patch, listify
 from fastai.learner import Learner
@@ -19,7 +19,8 @@ from .tokens import map_layout, patch_size_of, last_block
 __all__ = ['eval_mode', 'module_name', 'input_channels', 'trace_modules', 'auto_layer', 'block_reaching_output', 'find_layer',
            'head_kind', 'out_probs', 'class_scores', 'ScoreTarget', 'score_target', 'resolve_targets', 'CamResult',
            'normalize_maps', 'upsample_maps', 'Gathered', 'gap_linear_head', 'pick_output', 'CamSession', 'gather',
-           'needs_grad', 'cam_result', 'several_layers', 'fuse_cams', 'unmirror', 'cam', 'learner_cam']
+           'needs_grad', 'cam_result', 'several_layers', 'fuse_cams', 'unmirror', 'cam', 'learner_cam',
+           'with_param_docs', 'layer_summary']
 
 # %% ../nbs/01_core.ipynb #3d52256d
 @contextmanager
@@ -287,7 +288,13 @@ class CamResult:
         "Class names of the targets (indices when there is no vocab; None for padding)"
         return [[None if t<0 else self.vocab[t] if self.vocab is not None else t for t in r] for r in self.targets.tolist()]
     def __repr__(self):
-        return f"CamResult(method={self.method!r}, layer={self.layer!r}, maps={tuple(self.maps.shape)}, targets={self.target_names})"
+        "Short whatever the batch size: the targets of up to 8 items, else how many items each class has"
+        names = self.target_names
+        if len(names) <= 8: tg = f"targets={names}"
+        else:
+            counts = pd.Series([t for r in names for t in r if t is not None]).value_counts()
+            tg = f"targets of {len(names)} items: " + ', '.join(f"{k!r} x{v}" for k,v in counts.head(5).items()) + (f", ... ({len(counts)} classes)" if len(counts) > 5 else '')
+        return f"CamResult(method={self.method!r}, layer={self.layer!r}, maps={tuple(self.maps.shape)}, {tg})"
 
 # %% ../nbs/01_core.ipynb #92157db4
 def normalize_maps(maps:Tensor, relu:bool=True) -> Tensor:
@@ -593,10 +600,12 @@ def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:
     target = _learner_target(learn, target)
     kw = dict(layer=layer, method=method, vocab=_vocab(learn), multi_label=_learner_multi_label(learn), fused=fused, tta=tta, **kwargs)
     if isinstance(x, Tensor) and x.ndim==4: return cam(learn.model, x, target=target, **kw)
-    from fastcam.items import check_items, learner_item
+    from fastcam.items import check_items, learner_item, check_opens
     items = list(x) if isinstance(x, (list, tuple)) else [x]
     if not items: raise ValueError("no items to explain: the list is empty")
-    sizes = [i.size for i in check_items(items)]
+    infos = check_items(items)
+    check_opens(dls or learn.dls, items, infos)
+    sizes = [i.size for i in infos]
     mode = {1: 'L', 3: 'RGB'}.get(input_channels(learn.model))   # arrays, tensors, PIL images: opened as the learner's files are
     items = [learner_item(o, mode) for o in items]
     if isinstance(target, (list, tuple, Tensor)) and len(target)!=len(items):
@@ -611,7 +620,64 @@ def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:
     if isinstance(res[0], dict): return {k: CamResult.cat([r[k] for r in res])._with(**known) for k in res[0]}
     return CamResult.cat(res)._with(**known)
 
+def with_param_docs(f, *srcs, skip=('self',)):
+    "Append the documented parameters (docments) of `f` and `srcs` to `f`'s docstring, so that `help(f)` says what each one means"
+    from fastcore.docments import docments
+    seen,lines = set(skip),[]
+    for g in (f, *srcs):
+        try: ds = docments(g)
+        except Exception: continue   # no source to read (e.g. a compiled function)
+        for k,v in ds.items():
+            if k in seen or k=='return' or not v: continue
+            seen.add(k); lines.append(f"    {k}: {v}")
+    if lines: f.__doc__ = (f.__doc__ or '').split('\n\nParameters:')[0] + "\n\nParameters:\n" + '\n'.join(lines)
+    return f
+
 @patch
-def cam(self:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, fused:bool=False, tta:bool=False, **kwargs):
-    "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `(dls or self.dls).test_dl`"
+def cam(self:Learner, x, # Items (paths, PIL images, arrays, `[C,H,W]` tensors) or a preprocessed batch `[B,C,H,W]`
+        layer=None, # A module, an index path like `[0,-2]`, a dotted name, a list of them (boxes fuse their maps), or None: the last spatial layer; see `layer_summary(learn)`
+        target=None, # Class to explain: None (the predicted one), a class index or name, one per item, or 'all'
+        method='gradcam', # A name in `fastcam.methods.methods`: 'gradcam', 'gradcampp', 'xgradcam', 'hirescam', 'layercam', 'eigencam', 'scorecam', 'cam'
+        bs:int=None, # Items per batch (default: the DataLoaders' batch size)
+        dls=None, # `DataLoaders` whose `test_dl` preprocesses the items (default: the learner's)
+        fused:bool=False, # With several layers: only their fused `CamResult` instead of a dict per layer
+        tta:bool=False, # Also explain each item's mirror image and average the two maps (for a model trained with flips)
+        **kwargs): # Passed to the method
+    "A `CamResult` of class activation maps for items sent through `(dls or self.dls).test_dl`, or for a preprocessed batch"
     return learner_cam(self, x, layer, target, method, bs, dls, fused, tta, **kwargs)
+
+with_param_docs(Learner.cam)
+
+
+# %% ../nbs/01_core.ipynb #20e61999
+def _index_paths(model) -> dict:
+    "Dotted name -> index path (child positions from the model down) of every module"
+    res,todo = {'': []},[('', model, [])]
+    while todo:
+        name,m,path = todo.pop()
+        for k,(n,c) in enumerate(m.named_children()):
+            full = f"{name}.{n}" if name else n
+            res[full] = path+[k]
+            todo.append((full, c, path+[k]))
+    return res
+
+def layer_summary(learn, # A `Learner`, or a plain `nn.Module` (then give `xb` or `size`)
+                  xb:Tensor=None, # An input batch; default: one of the learner's validation batches
+                  size=None) -> pd.DataFrame: # Input `(h, w)` (or one int) when there is no batch: zeros with the model's input channels
+    "Each module: index path, dotted name, type, output shape and CAM map size for one input; `cam` marks good CAM layers ('auto': the default)"
+    model = getattr(learn, 'model', learn)
+    if xb is None and size is not None:
+        h,w = (size, size) if isinstance(size, int) else size
+        xb = torch.zeros(1, input_channels(model) or 3, h, w, device=_model_device(model, torch.zeros(1)))
+    if xb is None: xb = learn.dls.valid.one_batch()[0]
+    xb = _as_batch(xb)[:1].to(_model_device(model, xb))
+    shapes,paths = dict(trace_modules(model, xb)),_index_paths(model)
+    auto = next((n for n,s in reversed(trace_modules(model, xb)) if n and _is_spatial(s)), None)
+    rows = []
+    for n,m in model.named_modules():
+        if not n: continue
+        s = shapes.get(n)
+        spatial = _is_spatial(s)
+        rows.append(dict(path=','.join(map(str, paths[n])), name=n, type=type(m).__name__, output=None if s is None else list(s),
+                         map=f"{s[2]}x{s[3]}" if spatial else '', cam='auto' if n==auto else 'cam' if spatial and any(True for _ in m.children()) else ''))
+    return pd.DataFrame(rows)

@@ -6,7 +6,7 @@ Docs: https://fastcam.github.io/fastcam/items.html.md"""
 
 # %% ../nbs/04_items.ipynb #9fd640ee
 from __future__ import annotations
-import io, os, warnings
+import errno, io, os, struct, warnings
 from contextlib import contextmanager
 from collections import namedtuple
 from pathlib import Path
@@ -28,10 +28,10 @@ from fastai.vision.core import PILBase, PILImage, PILImageBW, TensorImageBW
 from fastai.medical.imaging import dicom_windows
 
 # %% auto #0
-__all__ = ['ITEM_ERRORS', 'ItemInfo', 'ItemError', 'is_dicom', 'install_hint', 'dicom_decoders', 'without_decoders', 'check_item',
-           'item_error', 'check_items', 'original_size', 'window_array', 'resolve_window', 'apply_window', 'read_dicom',
-           'array_image', 'decode_item', 'DicomImage', 'TensorDicomBW', 'DicomImageBW', 'DicomOpen', 'DicomBlock',
-           'show_dicom', 'open_item', 'learner_item']
+__all__ = ['ITEM_ERRORS', 'ItemInfo', 'MAX_PIXELS', 'ItemError', 'is_dicom', 'install_hint', 'dicom_decoders', 'without_decoders',
+           'check_pixels', 'check_item', 'item_error', 'check_items', 'original_size', 'window_array', 'resolve_window',
+           'apply_window', 'read_dicom', 'array_image', 'decode_item', 'DicomImage', 'TensorDicomBW', 'DicomImageBW',
+           'DicomOpen', 'DicomBlock', 'show_dicom', 'open_item', 'learner_item', 'item_opener', 'check_opens']
 
 # %% ../nbs/04_items.ipynb #3ca163c2
 ITEM_ERRORS = {'missing': "the file doesn't exist",
@@ -168,6 +168,14 @@ def _int(ds, key, default=None):
     if isinstance(v, (list, tuple, MultiValue)): v = v[0]
     return int(v)
 
+# %% ../nbs/04_items.ipynb #5389595a
+MAX_PIXELS = 2**28   # pixels (rows x columns x frames) an item may declare; None: no limit (see PIL's Image.MAX_IMAGE_PIXELS)
+
+def check_pixels(item, rows:int, cols:int):
+    "An `ItemError` when `rows` x `cols` exceeds `MAX_PIXELS`, before anything is decoded"
+    if MAX_PIXELS is not None and rows*cols > MAX_PIXELS:
+        raise ItemError(item, 'unsupported', f"declares {rows} x {cols} = {rows*cols:,} pixels, more than fastcam.items.MAX_PIXELS = {MAX_PIXELS:,}; raise that limit (or set it to None) to open it")
+
 # %% ../nbs/04_items.ipynb #3f394671
 _mono = ('MONOCHROME1', 'MONOCHROME2')
 _color = ('RGB', 'YBR_FULL', 'YBR_FULL_422', 'YBR_RCT', 'YBR_ICT', 'PALETTE COLOR')
@@ -185,10 +193,13 @@ def _check_dataset(ds, item, size:int=None, notes=()) -> ItemInfo:
     "Check DICOM data set `ds` of `item` (file of `size` bytes) for what opening it needs; `notes`: pydicom's warnings"
     if any('End of file' in n for n in notes): raise ItemError(item, 'truncated', "truncated DICOM file: it ends inside an element (cut off while copying?)")
     key = _pixel_key(ds)
+    if key is None and (why := _ends_early(ds, size)): raise ItemError(item, 'truncated', f"truncated DICOM file: {why} (cut off while copying?)")
     if key is None:
         sop = ds.get('SOPClassUID', None) or getattr(getattr(ds, 'file_meta', None), 'MediaStorageSOPClassUID', None)
-        what = f" (it is a {_uid.UID(sop).name} object)" if sop else ''
-        raise ItemError(item, 'no_pixels', f"DICOM file without pixel data{what}; only DICOM images can be explained")
+        name = _uid.UID(sop).name if sop else ''
+        if 'Image Storage' in name or 'Rows' in ds:   # an image's header, but no pixels: stripped, or cut off right before them
+            raise ItemError(item, 'no_pixels', f"DICOM file without pixel data although its header describes an image{f' ({name})' if name else ''}: it was cut off before its pixel data (an incomplete copy?) or saved without it")
+        raise ItemError(item, 'no_pixels', f"DICOM file without pixel data{f' (it is a {name} object)' if name else ''}; only DICOM images can be explained")
     try:
         missing = [k for k in ('Rows', 'Columns', 'BitsAllocated', 'PhotometricInterpretation') if ds.get(k, None) in (None, '')]
         if missing: raise ItemError(item, 'corrupt', f"corrupt DICOM image: the required element(s) {', '.join(missing)} are missing")
@@ -197,6 +208,7 @@ def _check_dataset(ds, item, size:int=None, notes=()) -> ItemInfo:
     except ItemError: raise
     except Exception as e: raise ItemError(item, 'corrupt', f"corrupt DICOM header: {type(e).__name__}: {e}")
     if rows < 1 or cols < 1: raise ItemError(item, 'corrupt', f"corrupt DICOM header: Rows x Columns is {rows} x {cols}")
+    check_pixels(item, rows, cols*max(frames, 1))
     if frames > 1: raise ItemError(item, 'multiframe', f"DICOM file with {frames} frames (a volume or cine loop); fastcam explains 2-D images: save the frame you want as its own file, or pass it as a PIL image or tensor")
     if pi not in _mono + _color or spp not in (1, 3):
         raise ItemError(item, 'unsupported', f"unsupported DICOM image: PhotometricInterpretation {pi} with {spp} samples per pixel; fastcam opens MONOCHROME1/2, RGB, YBR and PALETTE COLOR images")
@@ -205,6 +217,17 @@ def _check_dataset(ds, item, size:int=None, notes=()) -> ItemInfo:
     if (p := _decoder_problem(ts, ds)): raise ItemError(item, 'no_decoder' if ts in _install else 'unsupported', p)
     if not ts.is_compressed: _check_length(ds, item, key, size, ts, frames)
     return ItemInfo('dicom', (rows, cols), pi)
+
+def _ends_early(ds, size) -> str|None:
+    "Why data set `ds`, read from `size` bytes, looks cut off (its last element doesn't end at the file's end, or nothing follows the file meta); None if it doesn't"
+    if size is None or _transfer_syntax(ds)==_uid.DeflatedExplicitVRLittleEndian: return None
+    if not len(ds): return "it ends before its data set"
+    el = ds._dict[max(ds._dict)] if ds._dict else None      # the last element as read (raw: its offset and declared length)
+    tell,n = getattr(el, 'value_tell', None),getattr(el, 'length', None)
+    if tell is None or n is None or n==0xFFFFFFFF: return None
+    if tell + n > size: return f"its element {el.tag} declares {n} bytes but the file ends after {max(size - tell, 0)}"
+    if tell + n < size: return f"it ends {size - tell - n} bytes into an element after {el.tag}"
+    return None
 
 def _check_length(ds, item, key, size, ts, frames):
     "Native pixel data must hold Rows x Columns x frames x samples x bits; a file ending early is truncated"
@@ -220,7 +243,14 @@ def _check_length(ds, item, key, size, ts, frames):
 def _file_kind(fn) -> str:
     "'dicom', 'image' or 'raw_dicom' (named .dcm, no preamble) for file `fn`; ItemError when it is none of them"
     p = Path(fn)
-    if not p.exists(): raise ItemError(fn, 'missing', "no such file")
+    if not p.exists():
+        if p.is_symlink():
+            try: p.resolve(strict=True)
+            except RuntimeError: raise ItemError(fn, 'unreadable', "a symbolic link loop: following the link comes back to itself") from None
+            except OSError as e:
+                if e.errno==errno.ELOOP: raise ItemError(fn, 'unreadable', "a symbolic link loop: following the link comes back to itself") from None
+            raise ItemError(fn, 'missing', f"a broken symbolic link: its target {os.readlink(p)} doesn't exist")
+        raise ItemError(fn, 'missing', "no such file")
     if p.is_dir(): raise ItemError(fn, 'unreadable', "is a folder, not a file")
     try:
         if p.stat().st_size==0: raise ItemError(fn, 'not_image', "empty file")
@@ -239,6 +269,7 @@ def _read_dicom(fn, kind='dicom', pixels:bool=False):
     try: ds,notes = _dcmread(fn, pixels=pixels, force=kind=='raw_dicom')
     except Exception as e:
         if kind=='raw_dicom': raise ItemError(fn, 'not_image', f"not an image: named like DICOM but without the 'DICM' marker and no readable DICOM data set ({type(e).__name__})")
+        if isinstance(e, (struct.error, EOFError)): raise ItemError(fn, 'truncated', f"truncated DICOM file: it ends inside an element's header ({type(e).__name__}: {e})")
         raise ItemError(fn, 'corrupt', f"corrupt DICOM file, its header can't be read: {type(e).__name__}: {e}")
     if kind=='raw_dicom' and not _looks_like_dicom(ds):
         raise ItemError(fn, 'not_image', "not an image: named like DICOM but without the 'DICM' marker and nothing in it reads as DICOM")
@@ -261,7 +292,7 @@ def check_item(item) -> ItemInfo:
         raise ItemError(item, 'not_image', f"a {type(item).__name__} is not an item: give a path, a PIL image or a tensor")
     kind = _file_kind(item)
     if kind=='image':
-        with Image.open(item) as im: return ItemInfo('image', (im.size[1], im.size[0]), im.mode)
+        with Image.open(item) as im: check_pixels(item, im.size[1], im.size[0]); return ItemInfo('image', (im.size[1], im.size[0]), im.mode)
     return _read_dicom(item, kind)[1]
 
 def _check_array(x) -> ItemInfo:
@@ -375,17 +406,18 @@ def read_dicom(fn, # path (or bytes) of a DICOM file
     if 'TransferSyntaxUID' not in getattr(ds, 'file_meta', {}): # a file without file meta: say how it was read
         if not hasattr(ds, 'file_meta'): ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = _transfer_syntax(ds)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
+    ts,(H,W) = ds.file_meta.TransferSyntaxUID,info.size
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        try:
             a = ds.pixel_array
-            if a.shape[:2]!=info.size: raise ValueError(f"decoded pixels are {a.shape[0]} x {a.shape[1]}, the header says {info.size[0]} x {info.size[1]}")
-            if info.mode in _mono: return _mono_8bit(a, ds, window, info.mode=='MONOCHROME1')
-            return _colour_8bit(a, ds, info.mode)
-    except Exception as e:
-        ts = ds.file_meta.TransferSyntaxUID
-        hint = f"; another decoder may read it: {install_hint(ts)}" if _install.get(ts) and get_decoder(ts).missing_dependencies else ''
-        raise ItemError(fn, 'corrupt', f"DICOM pixel data can't be decoded ({ts.name}){hint}: {type(e).__name__}: {e}") from None
+            if a.shape[:2]!=(H, W): raise ItemError(fn, 'corrupt', f"corrupt DICOM file: its pixel data decodes to {a.shape[0]} x {a.shape[1]} pixels, its header says {H} x {W}")
+            return _mono_8bit(a, ds, window, info.mode=='MONOCHROME1') if info.mode in _mono else _colour_8bit(a, ds, info.mode)
+        except ItemError: raise
+        except MemoryError: raise ItemError(fn, 'unsupported', f"not enough memory to decode its {H} x {W} pixels") from None
+        except Exception as e:   # a decoder that is there failed: name one that isn't, if any could read it
+            hint = f"; another decoder may read it: {install_hint(ts)}" if ts.is_compressed and _install.get(ts) and get_decoder(ts).missing_dependencies else ''
+            raise ItemError(fn, 'corrupt', f"DICOM pixel data can't be decoded ({ts.name}){hint}: {type(e).__name__}: {e}") from None
 
 # %% ../nbs/04_items.ipynb #e39ea291
 def array_image(x, # `[H, W]`; a tensor `[C, H, W]`, an array `[H, W, C]`; C is 1 or 3
@@ -505,3 +537,21 @@ def learner_item(item, mode:str=None):
     if isinstance(item, Image.Image) and mode and item.mode!=mode:
         return _from_pil(PILImageBW if mode=='L' else PILImage, item)
     return item
+
+# %% ../nbs/04_items.ipynb #54c2496d
+def item_opener(dls, item=Path('x.dcm')):
+    "The transform `dls.test_dl` opens `item` with (its type transform), or None when that can't be told"
+    try:
+        tl = dls.valid_ds.tls[0]
+        return next(t for t in tl.tfms.fs[tl.infer_idx(item):] if t.name!='noop')
+    except Exception: return None
+
+def check_opens(dls, items, infos):
+    "One-line `ItemError` for the first of `items` (checked as `infos`) that `dls` can't open: an image given to fastai's `PILDicom`, DICOM given to PIL"
+    t = item_opener(dls)
+    name = '' if t is None or isinstance(t, DicomOpen) else str(getattr(t, 'name', ''))
+    for o,info in zip(items, infos):
+        if info.kind=='image' and 'PILDicom' in name:
+            raise ItemError(o, 'not_image', f"an image (PIL mode {info.mode}), not DICOM, but this learner opens items with fastai's PILDicom, which reads only DICOM; give DICOM files, or build the DataBlock with fastcam's DicomBlock(), which opens DICOM and other images")
+        if info.kind=='dicom' and 'PIL' in name and 'PILDicom' not in name:
+            raise ItemError(o, 'not_image', f"a DICOM file, but this learner opens items with PIL ({name}, fastai's ImageBlock), which can't read DICOM; build the DataBlock with fastcam's DicomBlock(), or pass read_dicom(file), its windowed pixels")

@@ -14,7 +14,7 @@ import pandas as pd
 from fastai.vision.core import PILImage, TensorBBox, LabeledBBox
 from .core import CamResult, upsample_maps, normalize_maps, learner_cam
 from .items import check_item, read_dicom
-from .boxes import show_boxes
+from .boxes import show_boxes, check_color, check_threshold
 from .overlay import overlay_pixels, image_rgb
 
 # %% auto #0
@@ -216,6 +216,7 @@ def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
               tta:bool=False, # Average each map with its mirror image's (see `cam`)
               lw:float=2, figsize=None, ctx=None) -> LabeledBBox:
     "Boxes of `item`'s maps in its original pixels, as a `LabeledBBox` carrying the table `df`; optionally drawn"
+    check_color(color); check_threshold(threshold)   # before the model runs
     res = explain_item(item, dls, learn, layer, target, method, tta=tta)
     if sanity: _sanity(res)
     kw = dict(threshold=threshold, min_area=min_area, topk=topk) if mode=='threshold' else {}
