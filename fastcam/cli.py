@@ -26,7 +26,7 @@ from .truth import Truth, evaluate_run, coco_results_list
 from .runs import (scan_inputs, lock_out, clean_temporaries, run_options, run_info, model_identity, save_run_info, resume_conflict,
                           check_options, die_with_launcher, launch_ranks, launcher_env)
 from .dicom_out import record_mm, dicom_config, dicom_record
-from .overlay import render_overlay, with_unseen
+from .overlay import render_overlay, with_unseen, fit_map, _rows as _box_rows
 from .synth import make_dicom_set
 
 # %% auto #0
@@ -150,9 +150,20 @@ def _png(im, path):
     buf = io.BytesIO(); im.save(buf, 'PNG', compress_level=1)
     return atomic_write(path, buf.getvalue(), 'wb', fsync=False)
 
+def _shrink(img, m, boxes, truth, side:int):
+    "`img` (an array in original pixels) scaled down to at most `side` pixels on its long side, with its map fitted to it and `boxes`/`truth` scaled alike; all unchanged when it is smaller"
+    H,W = np.asarray(img).shape[:2]
+    s = side/max(H, W)
+    if s >= 1: return img,m,boxes,truth
+    h,w = max(1, round(H*s)),max(1, round(W*s))
+    small = np.asarray(Image.fromarray(np.asarray(img)).resize((w, h), Image.BILINEAR))
+    scale = lambda rows: None if rows is None else [{**r, **{k: r[k]*(w/W if k[0]=='x' else h/H) for k in ('x0', 'y0', 'x1', 'y1')}} for r in _box_rows(rows)]
+    return small,(None if m is None else fit_map(m, (h, w))),scale(boxes),scale(truth)
+
 def _overlay(img, m, title, boxes, out, f, vocab, truth=None):
     "Save the overlay PNG of file `f` (`img` in its original pixels, its map `m` `[H, W]` 0 to 1 with NaN where unseen, `boxes` dicts, `title`, true boxes `truth`), and the same picture without map and boxes in originals/"
     kw = dict(title=title, vocab=vocab, max_side=overlay_side, min_side=min(512, overlay_side))
+    img,m,boxes,truth = _shrink(img, m, boxes, truth, overlay_side)   # a 10000 px image is drawn from its 1024 px copy: bounded memory
     _png(render_overlay(img, None, **kw), _out_path(out, 'originals', f, '.png'))
     return _png(render_overlay(img, m, boxes, truth=truth, **kw), _out_path(out, 'overlays', f, '.png'))
 

@@ -607,7 +607,7 @@ def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:
     check_opens(dls or learn.dls, items, infos)
     sizes = [i.size for i in infos]
     mode = {1: 'L', 3: 'RGB'}.get(input_channels(learn.model))   # arrays, tensors, PIL images: opened as the learner's files are
-    items = [learner_item(o, mode) for o in items]
+    given,items = items,[learner_item(o, mode) for o in items]
     if isinstance(target, (list, tuple, Tensor)) and len(target)!=len(items):
         raise ValueError(f"target has {len(target)} entries for {len(items)} items; give one per item (a list per item, like [['a','b']], for several classes of one item), or one for all")
     dls = dls or learn.dls
@@ -616,7 +616,7 @@ def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:
         xb = b[0]
         t = target[i:i+len(xb)] if isinstance(target, (list, tuple, Tensor)) else target
         res.append(cam(learn.model, xb, target=t, **kw)); i += len(xb)
-    known = dict(items=items, orig_sizes=sizes, geometry=dls)
+    known = dict(items=given, orig_sizes=sizes, geometry=dls)   # the items as given (converted copies are dropped after the forward)
     if isinstance(res[0], dict): return {k: CamResult.cat([r[k] for r in res])._with(**known) for k in res[0]}
     return CamResult.cat(res)._with(**known)
 

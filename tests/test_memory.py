@@ -1,5 +1,6 @@
 "Memory bounds of `fastcam run` (issue 14 item 6): maps boxed and drawn at most `map_side` pixels on the long side, boxes still in original pixels."
 import numpy as np, pandas as pd, pytest, torch
+from pathlib import Path
 from PIL import Image
 from torch import nn
 from fastai.vision.all import DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, Learner
@@ -29,3 +30,14 @@ def test_run_maps_are_bounded_and_boxes_match_full_size(tmp_path, monkeypatch):
         for g, w in zip(got, want):
             assert all(abs(a - b) <= 5 for a, b in zip(g, w)), (g, w)   # about 4 original pixels per map pixel, plus rounding
             assert 0 <= g[0] < g[2] <= W and 0 <= g[1] < g[3] <= H
+
+def test_overlay_of_a_large_image_is_drawn_from_its_small_copy(tmp_path):
+    img = np.zeros((3000, 2000), np.uint8); img[1000:2000, 500:1500] = 200
+    m = torch.zeros(750, 500); m[250:500, 125:375] = 1                 # a work-size map of the bright square
+    box = dict(x0=500, y0=1000, x1=1500, y1=2000, label='a', score=0.9, prob=0.9)
+    small, sm, boxes, truth = fc._shrink(img, m, [box], np.array([[500, 1000, 1500, 2000]]), 600)
+    assert small.shape == (600, 400) and tuple(sm.shape) == (600, 400) and truth[0]['x0'] == 100
+    assert (boxes[0]['x0'], boxes[0]['y0'], boxes[0]['x1'], boxes[0]['y1']) == (100, 200, 300, 400) and boxes[0]['label'] == 'a'
+    assert small[300, 200] == 200 and small[50, 50] == 0 and sm[300, 200] == 1 and sm[50, 50] == 0
+    p = fc._overlay(img, m, 'a 0.90', [box], tmp_path, tmp_path/'big.png', ['a'])
+    assert Image.open(tmp_path/'overlays'/Path(p).name if not Path(p).is_absolute() else p).size[1] >= 1024 - 1
