@@ -672,7 +672,8 @@ def layer_summary(learn, # A `Learner`, or a plain `nn.Module` (then give `xb` o
     if xb is None: xb = learn.dls.valid.one_batch()[0]
     xb = _as_batch(xb)[:1].to(_model_device(model, xb))
     shapes,paths = dict(trace_modules(model, xb)),_index_paths(model)
-    auto = next((n for n,s in reversed(trace_modules(model, xb)) if n and _is_spatial(s)), None)
+    try: auto = auto_layer(model, xb)   # what layer=None picks
+    except ValueError: auto = None
     rows = []
     for n,m in model.named_modules():
         if not n: continue
