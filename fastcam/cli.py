@@ -337,7 +337,8 @@ def _begin(out, learn, files, cfg, force, model, left_out, rank:int=0, world:int
     "Check the options against the model and against the records already in `out` (one line per problem; `force` recomputes records of other options), then record the run; its info"
     msgs = check_options(learn, cfg['layer'], cfg['target'], cfg['method'])
     if msgs: raise CliError('\n'.join(msgs))
-    info = run_info(model, run_options(cfg), processes=world, left_out=left_out)
+    info = run_info(model, run_options(cfg), processes=world,   # the inputs left out are counted here, listed in errors.csv and skipped.csv
+                    inputs=dict(found=len(files), unreadable=sum(o['error'] for o in left_out), skipped=sum(not o['error'] for o in left_out)))
     cfg['_key'] = info['key']
     keys = [r.get('opts') for r in (_record(out, f) for f in files) if r is not None and not r.get('error')]
     why = resume_conflict(out, keys, info)
