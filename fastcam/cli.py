@@ -216,7 +216,7 @@ _Job = namedtuple('_Job', 'read map title boxes raw rec vocab truth', defaults=(
 
 def _explain_batch(learn, batch, cfg) -> list:
     "Explain `batch` (`_Read`s) in one batch: a `_Job` per file with its map in original pixels (computed once, for its boxes and its overlay), boxes and record"
-    res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True, tta=cfg['tta'])
+    res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True, tta=cfg['tta']).to('cpu')   # boxes, overlays and records work on the CPU
     mos = work_maps(res)   # at most map_side pixels on the long side: bounded memory per file
     kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk'], original=mos) if cfg['mode']=='threshold' else {}
     boxes = [[] for _ in batch]
