@@ -33,7 +33,7 @@ class GradCAMCallback(Callback):
         store_attr()
         self.session,self.results,self.i,self.fitting,self.idxs = None,[],0,False,None
 
-    def before_fit(self): self.fitting = False
+    def before_fit(self): self._close(restore_grad=False); self.fitting = False
     def before_train(self): self.fitting = True
 
     def before_validate(self):
@@ -43,30 +43,43 @@ class GradCAMCallback(Callback):
         self.idxs = list(gi()) if type(gi).__name__=='_ConstantFunc' else None
 
     def before_batch(self):
+        self._close(restore_grad=False)  # a session a raising batch left open where no after_fit came (get_preds(inner=True))
         if self.training or (self.fitting and not self.during_fit): return
         xb = self.xb[0]
         self.session = CamSession(self.model, [self.layer], needs_grad(self.method), xb, self.tokens, self.grid, self.output).__enter__()
 
     def after_pred(self):
         if self.session is None: return
-        xb = self.xb[0]
-        t = _learner_target(self.learn, self.target)
-        if isinstance(t, (list, tuple, Tensor)):  # one target per item, given in dataset order
-            ks = range(self.i, self.i+len(xb)) if self.idxs is None else self.idxs[self.i:self.i+len(xb)]
-            t = [t[k] for k in ks]
-        try: probs,(g,) = self.session.gather(self.pred, t, _vocab(self.learn), _learner_multi_label(self.learn), xb)
+        try: probs,g = self._gather()
         finally: self._close()
         self.learn.pred = to_detach(self.pred, cpu=False, gather=False)
         r = cam_result(self.method, g, probs, _vocab(self.learn))
         if self.cpu: r = r.to('cpu')
         self.results.append(r)
-        self.i += len(xb)
+        self.i += len(self.xb[0])
 
-    def _close(self):
-        if self.session is not None: self.session.__exit__(); self.session = None
+    def _gather(self):
+        "`(probs, Gathered)` of this batch from fastai's prediction, with this batch's share of a per-item target"
+        xb,t = self.xb[0],_learner_target(self.learn, self.target)
+        if isinstance(t, (list, tuple, Tensor)):  # one target per item, given in dataset order
+            ks = range(self.i, self.i+len(xb)) if self.idxs is None else self.idxs[self.i:self.i+len(xb)]
+            t = [t[k] for k in ks]
+        probs,(g,) = self.session.gather(self.pred, t, _vocab(self.learn), _learner_multi_label(self.learn), xb)
+        return probs,g
 
+    def _close(self, restore_grad:bool=True):
+        s,self.session = self.session,None
+        if s is not None: s.close(restore_grad)
+
+    # inside the batch or validation (fastai's no_grad still open): back to the grad mode the session found
     def after_cancel_batch(self): self._close()
-    def after_fit(self): self._close(); self.fitting = False
+    def after_cancel_validate(self): self._close()
+    def after_validate(self): self._close()
+    # after fastai's no_grad ended: it put the caller's grad mode back, which the session must not undo
+    def after_fit(self): self._close(restore_grad=False); self.fitting = False
+    # fastai calls no after_fit when fit raises: the next use of the callback, or its garbage collection, closes the session
+    def __del__(self):
+        if getattr(self, 'session', None) is not None: self._close(restore_grad=False)
 
     @property
     def cams(self) -> CamResult:

@@ -447,9 +447,8 @@ class CamSession:
         self.hooks = [_ActHook(n, need_grad) for n,_ in self.found]
 
     def __enter__(self):
-        self.stack = ExitStack()
+        self.stack,self.grad_was = ExitStack(),torch.is_grad_enabled()
         self.stack.enter_context(eval_mode(self.model))
-        self.stack.callback(torch.set_grad_enabled, torch.is_grad_enabled())
         self.stack.callback(self.remove_hooks)
         self.handles = [m.register_forward_hook(h) for (_,m),h in zip(self.found, self.hooks)]
         torch.set_grad_enabled(False)
@@ -459,7 +458,13 @@ class CamSession:
         for h in self.handles: h.remove()
         self.handles = []
 
-    def __exit__(self, *exc): self.stack.close()
+    def close(self, restore_grad:bool=True): # False: the scope that opened the session has ended and restored grad mode itself
+        "Remove the hooks, give the modules their modes back and (with `restore_grad`) the grad mode in force on enter"
+        try: self.stack.close()
+        finally:
+            if restore_grad: torch.set_grad_enabled(self.grad_was)
+
+    def __exit__(self, *exc): self.close()
 
 # %% ../nbs/01_core.ipynb #b39e3040
 @patch

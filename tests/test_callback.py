@@ -2,8 +2,8 @@
 import random, pytest, torch
 from fastai.torch_core import set_seed
 from PIL import Image
-from fastai.callback.core import Callback
-from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy
+from fastai.callback.core import Callback, CancelBatchException, CancelValidException, CancelFitException
+from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, ShortEpochCallback
 from fastcam.callback import GradCAMCallback, CAMMonitor
 from fastcam.cli import tiny_xresnet
 from fastcam.core import cam
@@ -119,3 +119,69 @@ def test_monitor_leaves_training_unchanged_and_saves_png_and_gif(dls7, tmp_path)
     mon2 = CAMMonitor(items, every=2)
     _fit_history(dls7, mon2)
     assert mon2.epochs == [1]
+
+class _Raiser(Callback):
+    "Raises `exc` at the `at`-th call of `where`: the model's forward (a hook on its head, after the CAM layer), before_batch or after_pred"
+    order = 0
+    def __init__(self, exc, at=2, where='forward'): self.exc, self.at, self.where, self.n, self.h = exc, at, where, 0, None
+    def _tick(self, *args):
+        self.n += 1
+        if self.n == self.at: raise self.exc
+    def before_batch(self):
+        if self.where == 'before_batch': self._tick()       # after GradCAMCallback (order -5) opened its session
+    def before_validate(self):
+        if self.where == 'forward': self.h = self.model[-1].register_forward_hook(self._tick)   # after the CAM layer
+    def after_pred(self):
+        if self.where == 'after_pred': self._tick()
+    def after_validate(self): self._remove()
+    def after_fit(self): self._remove()
+    def _remove(self):
+        if self.h is not None: self.h.remove(); self.h = None
+
+@pytest.fixture
+def grad_guard():
+    "Put grad mode back after the test, so a failure here cannot spill into later tests"
+    yield
+    torch.set_grad_enabled(True)
+
+@pytest.mark.parametrize('exc,where,inner', [
+    (RuntimeError('bad batch'), 'forward', False), (KeyboardInterrupt(), 'forward', False),
+    (CancelBatchException(), 'before_batch', False), (CancelFitException(), 'before_batch', False), (CancelValidException(), 'forward', False),
+    (RuntimeError('bad prediction'), 'after_pred', False), (RuntimeError('bad batch'), 'forward', True)])
+def test_autograd_back_on_after_a_raising_get_preds(tiny_learn, grad_guard, exc, where, inner):
+    "Issue 14.1: whatever stops a batch, grad mode is what it was before get_preds, and the learner trains afterwards"
+    assert torch.is_grad_enabled()
+    raiser = _Raiser(exc, 2, where)
+    try: tiny_learn.get_preds(cbs=[GradCAMCallback(), raiser], inner=inner)
+    except BaseException as e: assert e is exc, e
+    assert raiser.n >= 2
+    assert torch.is_grad_enabled()
+    raiser._remove()
+    assert _hook_count(tiny_learn.model) == 0 or inner
+    _trains(tiny_learn)
+
+def _trains(learn):
+    "A short fit changes the weights (on the old code it raised 'element 0 of tensors does not require grad')"
+    w = learn.model[-1][-1].weight.detach().clone()
+    learn.fit(1, 1e-2, cbs=ShortEpochCallback(pct=0.1, short_valid=True))
+    assert not torch.equal(w, learn.model[-1][-1].weight)
+
+def test_autograd_back_on_after_a_bad_target_list(tiny_learn, grad_guard):
+    "A per-item target list too short for the dl raises inside after_pred, before the maps are gathered"
+    with pytest.raises(IndexError): tiny_learn.get_preds(cbs=GradCAMCallback(target=[0, 1]))
+    assert torch.is_grad_enabled() and _hook_count(tiny_learn.model) == 0
+    _trains(tiny_learn)
+
+def test_autograd_back_on_after_a_raising_validation_in_fit(tiny_learn, grad_guard):
+    "GradCAMCallback(during_fit=True): a forward that raises while it explains the validation set (fastai calls no after_fit then)"
+    cb, raiser = GradCAMCallback(during_fit=True), _Raiser(RuntimeError('bad batch'))
+    with pytest.raises(RuntimeError, match='bad batch'): tiny_learn.fit(1, 1e-3, cbs=[cb, raiser, ShortEpochCallback(pct=0.1)])
+    raiser._remove()
+    assert torch.is_grad_enabled()
+    _trains(tiny_learn)
+    tiny_learn.get_preds(cbs=cb)                           # the callback's next use closes what the raise left open
+    assert _hook_count(tiny_learn.model) == 0
+    cb2 = GradCAMCallback(during_fit=True)
+    with pytest.raises(RuntimeError, match='bad batch'): tiny_learn.fit(1, 1e-3, cbs=[cb2, _Raiser(RuntimeError('bad batch')), ShortEpochCallback(pct=0.1)])
+    cb2.__del__()                                          # or its garbage collection, as fastai's own HookCallback
+    assert _hook_count(tiny_learn.model) == 1             # only the _Raiser's own hook, which the test left on
