@@ -12,12 +12,13 @@ from pathlib import Path
 from torch import Tensor
 from fastcore.basics import store_attr, patch
 from fastai.callback.core import Callback
+from fasttransform import Transform
 from fastai.learner import Learner
 from fastai.torch_core import to_detach
 from .core import CamSession, CamResult, cam_result, needs_grad, learner_cam, _vocab, _learner_multi_label, _learner_target, _first_tensor
 
 # %% auto #0
-__all__ = ['GradCAMCallback', 'CAMMonitor']
+__all__ = ['GradCAMCallback', 'dl_sources', 'CAMMonitor']
 
 # %% ../nbs/08_callback.ipynb #6032cc5e
 class GradCAMCallback(Callback):
@@ -90,14 +91,40 @@ class GradCAMCallback(Callback):
         return r._with(geometry=self.dl_used, **_items_of(self.dl_used, len(r)))
 
 # %% ../nbs/08_callback.ipynb #77a904c4
-def _items_of(dl, n):
-    "items and orig_sizes of a DataLoader's items when they are files/images, else nothing"
-    from fastcam.items import check_item
+def _input_tfms(dl) -> list:
+    "The transforms the dataset of `dl` applies to a raw item to make its input: the getters, then the type transform"
+    ds = getattr(dl, 'dataset', None)
+    tls = getattr(ds, 'tls', None)
+    tl = tls[0] if tls else ds
+    return list(getattr(getattr(tl, 'tfms', None), 'fs', []))
+
+def _raw_items(its) -> list:
+    "The raw items: a DataFrame's rows (as fastai's `TfmdLists` reads them), an array's rows, a list's elements"
+    return [its.iloc[i] for i in range(len(its))] if hasattr(its, 'iloc') else list(its)
+
+def _source(o, tfms) -> tuple:
+    "`(source, ItemInfo)`: the first of `o`, `tfms[0](o)`, `tfms[1](tfms[0](o))`, ... that `check_item` accepts"
+    from fastcam.items import check_item, ItemError
+    err = None
+    for f in [None, *tfms]:
+        if f is not None: o = f(o, split_idx=1) if isinstance(f, Transform) else f(o)
+        try: return o,check_item(o)
+        except ItemError as e: err = e
+    raise err
+
+def dl_sources(dl) -> tuple:
+    "`(sources, orig_sizes)`: each item of `dl` as a file path or image (through the DataBlock's getters when items are rows), and its `(H, W)`"
     its = getattr(dl, 'items', None)
-    if its is None or len(its)!=n: return {}
-    its = list(its)
-    try: return dict(items=its, orig_sizes=[check_item(o).size for o in its])
+    if its is None: raise ValueError(f"the {type(dl).__name__} has no items: pass a fastai DataLoader made by a DataBlock or test_dl")
+    tfms = _input_tfms(dl)
+    found = [_source(o, tfms) for o in _raw_items(its)]
+    return [s for s,_ in found],[info.size for _,info in found]
+
+def _items_of(dl, n):
+    "items (their sources) and orig_sizes of a DataLoader's `n` items, or nothing when they can't be recovered"
+    try: srcs,sizes = dl_sources(dl)
     except Exception: return {}
+    return dict(items=srcs, orig_sizes=sizes) if len(srcs)==n else {}
 
 # %% ../nbs/08_callback.ipynb #502c30dc
 @patch

@@ -631,6 +631,11 @@ def _gt_for(gt, f):
 
 def _is_mask(g): return g is not None and torch.as_tensor(g).ndim==2 and torch.as_tensor(g).shape[-1]!=4
 
+def _fused_or_one(res) -> tuple:
+    "`(CamResult, row label)`: a layer's result and its name, or for several layers their fused result, labelled by the layers it fuses"
+    if not isinstance(res, dict): return res,res.layer
+    return res['fused'],'fused(' + ' + '.join(k for k in res if k!='fused') + ')'
+
 def evaluate_cams(learn, items:list, # the Learner, and the files to explain
                   gt:dict, # file (path or name) -> boxes `[K, 4]` in original pixels, or a mask `[H, W]`
                   methods=('gradcam',), # method names
@@ -654,9 +659,9 @@ def evaluate_cams(learn, items:list, # the Learner, and the files to explain
     boxes = [None if x is None else mask_to_boxes(x) if _is_mask(x) else as_boxes(x) for x in g]
     rows = []
     for method,layer in progress_bar([(m,l) for m in methods for l in layers]):
-        res = learner_cam(learn, items, layer, target, method, bs=bs)
+        res,name = _fused_or_one(learner_cam(learn, items, layer, target, method, bs=bs))
         omaps = [res.original_maps(i, fill=float('nan'), normalize=relu)[0] for i in range(len(items))]
-        r = dict(method=method, layer=res.layer)
+        r = dict(method=method, layer=name)
         if any(b is not None and len(b) for b in boxes):
             r['pointing_game'] = pointing_game(omaps, boxes, tolerance)
             r['max_box_acc'] = max_box_acc(omaps, boxes, thresholds=thresholds, protocol=protocol)
