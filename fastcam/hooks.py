@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from fastcore.basics import store_attr
+from fastai.callback.hook import Hook as _FastaiHook
 
 # %% auto #0
 __all__ = ['Hook', 'HookBwd']
@@ -20,17 +21,20 @@ def _first_tensor(o):
     return o if isinstance(o, torch.Tensor) else None
 
 # %% ../nbs/00_hooks.ipynb #d505a221
-class Hook:
-    "Store a detached copy of `m`'s output in `self.stored` on every forward; remove the hook on exit"
-    def __init__(self, m:nn.Module): # The module to watch
-        self.stored = None
-        self.hook = m.register_forward_hook(self.hook_func)
-    def hook_func(self, m, i, o):
-        t = _first_tensor(o)
-        if t is not None: self.stored = t.detach().clone()
-    def remove(self): self.hook.remove()
-    def __enter__(self, *args): return self
-    def __exit__(self, *args): self.remove()
+def _store_output(m, i, o):
+    "A detached copy of the tensor `m` returned: what the book's one-argument `Hook(m)` stores"
+    t = _first_tensor(o)
+    return None if t is None else t.detach().clone()
+
+class Hook(_FastaiHook):
+    "fastai's `Hook`, whose `hook_func` defaults to keeping a detached copy of `m`'s output in `self.stored`; removed on exit"
+    def __init__(self, m:nn.Module, # The module to watch
+                 hook_func=None, # fastai's `hook_func(module, input, output)`, its result stored; None: a detached copy of the output
+                 is_forward:bool=True, # A forward hook, else (as fastai) a backward one
+                 detach:bool=True, # Detach what `hook_func` gets (as fastai)
+                 cpu:bool=False, # Move it to the CPU first (as fastai)
+                 gather:bool=False): # Gather it across processes first (as fastai)
+        super().__init__(m, hook_func or _store_output, is_forward, detach, cpu, gather)
 
 # %% ../nbs/00_hooks.ipynb #44cedfc7
 class HookBwd:
