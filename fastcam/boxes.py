@@ -97,6 +97,33 @@ def _rrc_gpu_step(t, w, h):
     ax,bx,ay,by = _grid_resize(cw, ch, ow, oh, True, t.mode)
     return ow,oh,tx+ax,bx,ty+ay,by
 
+# %% ../nbs/05_boxes.ipynb #4ce424e2
+def _torchvision_kind(t):
+    "The class name of a torchvision transform (v1 or v2), else None"
+    return type(t).__name__ if type(t).__module__.startswith('torchvision.transforms') else None
+
+def _tv_resize_step(t, w, h):
+    "torchvision's `Resize`: `(h, w)` squishes; one number is the shorter side (aspect kept, the longer side capped by `max_size`)"
+    size,mx = t.size,getattr(t, 'max_size', None)
+    size = [size] if isinstance(size, int) else list(size or [])
+    if len(size)==2: nh,nw = size
+    else:
+        short,long = (w,h) if w<=h else (h,w)
+        ns,nl = (size[0],int(size[0]*long/short)) if size else (int(mx*short/long),mx)
+        if mx is not None and nl > mx: ns,nl = int(mx*ns/nl),mx
+        nw,nh = (ns,nl) if w<=h else (nl,ns)
+    return _window_step((0,0), (w,h), (nw,nh))
+
+def _tv_crop_step(t, w, h):
+    "torchvision's `CenterCrop`: the centred `size` window, zero-padded first where it is larger than the image"
+    th,tw = (t.size,t.size) if isinstance(t.size, int) else (t.size[0],t.size[-1])
+    pl,pt = ((tw-w)//2 if tw>w else 0),((th-h)//2 if th>h else 0)
+    pw,ph = w + (tw-w if tw>w else 0),h + (th-h if th>h else 0)
+    left,top = int(round((pw-tw)/2.0)),int(round((ph-th)/2.0))
+    return _window_step((left-pl, top-pt), (tw,th), (tw,th))
+
+_tv_steps = {'Resize': _tv_resize_step, 'CenterCrop': _tv_crop_step}
+
 # %% ../nbs/05_boxes.ipynb #a507a4e8
 _neutral = (SpaceTfm, RandomErasing)
 
@@ -120,6 +147,7 @@ def _step_of(t):
     elif isinstance(t, AffineCoordTfm):
         if t.size is None: return None
         return f"{type(t).__name__}(size={t.size}, align_corners={t.align_corners})",lambda w,h: _affine_step(t, w, h)
+    elif _torchvision_kind(t) in _tv_steps: return f"torchvision {type(t).__name__}({t.size})",lambda w,h: _tv_steps[_torchvision_kind(t)](t, w, h)
     elif not type(t).__module__.startswith('fastai.vision.augment') and getattr(t, 'size', None) is None: return None
     raise ValueError(f"fastcam can't map maps back through the transform {type(t).__name__}: it may change the image geometry at test time; use Resize/RandomResizedCrop/CropPad item transforms or pass geometry= explicitly")
 
@@ -157,6 +185,7 @@ def _tfms_of(src):
         return pre + list(src.after_item.fs) + list(src.after_batch.fs)
     if isinstance(src, Pipeline): return list(src.fs)
     if isinstance(src, (list, tuple)): return [t for o in src for t in _tfms_of(o)]
+    if _torchvision_kind(src)=='Compose': return _tfms_of(list(src.transforms))
     return [src]
 
 def input_geometry(src=None) -> InputGeometry:

@@ -19,6 +19,7 @@ from fastcore.script import call_parse, parse_cli, store_true, CliError
 from fastai.vision.all import (DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, Flip, XResNet, ResBlock, Normalize, imagenet_stats,
                                vision_learner, accuracy, load_learner, Learner, create_body)
 from .core import learner_cam
+from .methods import small_xresnet, gap_linear_learner  # public in fastcam.methods (and fastcam.all); still importable from here
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
 from .boxes import check_threshold
 from .report import atomic_write, sync_disk, write_outputs, csv_safe
@@ -31,8 +32,8 @@ from .synth import make_dicom_set
 
 # %% auto #0
 __all__ = ['image_exts', 'overlay_side', 'map_side', 'DEMO_LAYERS', 'commands', 'find_inputs', 'tiny_xresnet', 'weights_learner',
-           'load_for_run', 'work_maps', 'work_boxes', 'process_files', 'launch', 'run', 'small_xresnet', 'synth_dls',
-           'gap_linear_learner', 'demo_hits', 'demo_threshold', 'demo', 'main']
+           'load_for_run', 'work_maps', 'work_boxes', 'process_files', 'launch', 'run', 'synth_dls', 'demo_hits',
+           'demo_threshold', 'demo', 'main']
 
 # %% ../nbs/11_cli.ipynb #c296208d
 if __name__ == '__main__' and '__file__' in globals():  # `python -m fastcam.cli`, not a notebook
@@ -447,12 +448,6 @@ def _finish(out, files, learn, skipped, secs, world:int=1, info:dict=None, left_
     return 0
 
 # %% ../nbs/11_cli.ipynb #cda314df
-def small_xresnet(pretrained:bool=False, **kwargs):
-    "`tiny_xresnet` with a lighter stem (8, 16, 64 channels) and no stem max-pool: every block's map has twice the resolution"
-    m = XResNet(ResBlock, 1, [1,1,1,1], stem_szs=(8,16,64), widen=0.25, **kwargs)
-    m[3] = torch.nn.Identity()
-    return m
-
 def synth_dls(path, # The folder `make_dicom_set` wrote
               df:pd.DataFrame, # Its labels table (file, label, is_valid)
               size:int=96, # Model input size: the DICOMs are squished to it
@@ -465,12 +460,6 @@ def synth_dls(path, # The folder `make_dicom_set` wrote
     dls.train.rng,dls.valid.rng = random.Random(seed),random.Random(seed)
     return dls
 
-def gap_linear_learner(dls, arch=small_xresnet, size:int=96, **kwargs) -> Learner:
-    "A `Learner` of `arch`'s body and a global-average-pool + linear head (`kwargs` go to `Learner`, metrics default accuracy)"
-    body = create_body(arch(), pretrained=False)
-    with torch.no_grad(): nf = body.eval()(torch.zeros(1, 3, size, size)).shape[1]
-    head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(nf, dls.c))
-    return Learner(dls, torch.nn.Sequential(body, head), **{'metrics': accuracy, **kwargs})
 
 # %% ../nbs/11_cli.ipynb #ff362261
 DEMO_LAYERS = '0,-4;0,-3;0,-2;0,-1'   # the body's four blocks: 48x48, 24x24, 12x12 and 6x6 maps at 96 px, fused

@@ -343,8 +343,8 @@ class Gathered:
     def head_weights(self) -> Tensor:
         "Class weights `[n_classes, C]` of a GAP-then-linear head after the layer (BatchNorm1d folded in)"
         if isinstance(self.kind, ScoreTarget): raise ValueError(f"CAM weights a class's linear head, but target '{self.kind.name}' is a score function; use method='gradcam'")
-        W,b = gap_linear_head(self.model, self.layer, self.xb)
-        return _check_gap_linear(W, b, self.acts, self.out, self.layer, self.kind)
+        W,b,tail = _gap_linear(self.model, self.layer, self.xb)
+        return _check_gap_linear(W, b, self.acts, self.out, self.layer, self.kind, tail)
 
 # %% ../nbs/01_core.ipynb #041503d3
 _identity_mods = (nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
@@ -354,15 +354,17 @@ def _is_gap(m):
     if isinstance(m, nn.AdaptiveAvgPool2d): return m.output_size in (1, (1,1))
     return False
 
-def gap_linear_head(model:nn.Module, layer:str, xb:Tensor) -> tuple:
-    "`(W, b)` such that logits = W @ mean(acts over h,w) + b, folded from the modules after `layer`"
+def _gap_linear(model, layer, xb) -> tuple:
+    "`(W, b, tail)`: the folded head after `layer`, and the `LogSoftmax` modules that end the model after it (applied to W @ GAP + b)"
     mods = dict(model.named_modules())
     after = [n for n,_ in trace_modules(model, xb)]
     after = after[after.index(layer)+1:] if layer in after else []
     leaves = [n for n in after if n and not any(True for _ in mods[n].children())]
-    W,b,pooled = None,None,False
+    W,b,pooled,tail = None,None,False,[]
     for n in leaves:
         m = mods[n]
+        if tail and not isinstance(m, nn.LogSoftmax) and not isinstance(m, _identity_mods):
+            raise ValueError(f"CAM explains the class scores before the model's LogSoftmax '{tail[0][0]}', but {type(m).__name__} '{n}' runs after it; use method='gradcam'")
         if not pooled:
             if _is_gap(m): pooled = True; continue
             if type(m).__name__=='Flatten' or isinstance(m, _identity_mods): continue
@@ -373,16 +375,22 @@ def gap_linear_head(model:nn.Module, layer:str, xb:Tensor) -> tuple:
             t = (m.bias.detach() if m.affine else 0) - m.running_mean*s
             Wm,bm = torch.diag(s),t
         elif isinstance(m, nn.Linear): Wm,bm = m.weight.detach(),(m.bias.detach() if m.bias is not None else 0)
-        elif isinstance(m, _prob_mods): raise ValueError(f"CAM weights the logits, but the model ends in {type(m).__name__} '{n}'; explain a model without it (fastai applies softmax in the loss and in get_preds) or use method='gradcam'")
+        elif isinstance(m, nn.LogSoftmax) and W is not None: tail.append((n, m)); continue
+        elif isinstance(m, _prob_mods): raise ValueError(f"CAM weights the logits, but the model ends in {type(m).__name__} '{n}', whose output fastcam would read as logits; explain a model without it (fastai applies softmax in the loss and in get_preds; a final LogSoftmax is fine) or use method='gradcam'")
         else: raise ValueError(f"CAM needs a head of average pooling then linear layers after '{layer}', but found {type(m).__name__} '{n}' (fastai's default head uses AdaptiveConcatPool2d); use method='gradcam'")
         W,b = (Wm,bm) if W is None else (Wm@W, Wm@b+bm)
     if not pooled or W is None: raise ValueError(f"CAM needs global average pooling then a linear layer after '{layer}'; none found. Use method='gradcam'")
-    return W.float(),(b.float() if isinstance(b, Tensor) else torch.zeros(W.shape[0], device=W.device))
+    return W.float(),(b.float() if isinstance(b, Tensor) else torch.zeros(W.shape[0], device=W.device)),[m for _,m in tail]
+
+def gap_linear_head(model:nn.Module, layer:str, xb:Tensor) -> tuple:
+    "`(W, b)` such that the class scores = W @ mean(acts over h,w) + b, folded from the modules after `layer` (before a final `LogSoftmax`)"
+    return _gap_linear(model, layer, xb)[:2]
 
 # %% ../nbs/01_core.ipynb #ba527fd5
-def _check_gap_linear(W, b, acts, out, layer, kind):
-    "Class weights from `(W, b)`, after checking they reproduce the logits `out` from `acts`"
+def _check_gap_linear(W, b, acts, out, layer, kind, tail=()):
+    "Class weights from `(W, b)`, after checking they reproduce the model's output `out` from `acts` (through `tail`, e.g. a final LogSoftmax)"
     pred = acts.float().mean((-2,-1)) @ W.T + b
+    for m in tail: pred = m(pred)
     if pred.shape!=out.shape or not torch.allclose(pred, out.float(), rtol=1e-3, atol=1e-3*(1+out.abs().max().item())):
         raise ValueError(f"CAM: the head after layer '{layer}' is not average pooling then linear layers (its logits differ from W @ GAP(acts) + b); use method='gradcam'")
     return torch.cat([-W, W]) if kind=='binary' else W

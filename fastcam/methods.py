@@ -11,8 +11,8 @@ from torch import Tensor
 from .core import Gathered
 
 # %% auto #0
-__all__ = ['methods', 'cam_method', 'get_method', 'weighted_sum', 'gradcam', 'cam_', 'gradcampp', 'xgradcam', 'hirescam',
-           'layercam', 'eigencam', 'scorecam']
+__all__ = ['methods', 'cam_method', 'get_method', 'weighted_sum', 'gradcam', 'cam_', 'small_xresnet', 'gap_linear_learner',
+           'gradcampp', 'xgradcam', 'hirescam', 'layercam', 'eigencam', 'scorecam']
 
 # %% ../nbs/02_methods.ipynb #2f2c3f66
 methods = {}
@@ -48,6 +48,27 @@ def cam_(g:Gathered) -> Tensor:
     "CAM: channels weighted by the linear head's weights of each target class"
     W = g.head_weights().to(g.acts.device)
     return weighted_sum(W[g.targets.clamp(min=0)], g.acts)
+
+# %% ../nbs/02_methods.ipynb #905d83d0
+def small_xresnet(pretrained:bool=False, **kwargs):
+    "A quarter-width XResNet, one block per stage, with a light stem (8, 16, 64 channels) and no stem max-pool: every block's map has twice the usual resolution"
+    from fastai.vision.models.xresnet import XResNet, ResBlock
+    m = XResNet(ResBlock, 1, [1,1,1,1], stem_szs=(8,16,64), widen=0.25, **kwargs)
+    m[3] = torch.nn.Identity()
+    return m
+
+def gap_linear_learner(dls, # The `DataLoaders` (`dls.c` classes)
+                       arch=small_xresnet, # A function returning the model whose body is kept (any `vision_learner` architecture)
+                       size:int=96, # Input size of the dry run that counts the body's output channels
+                       **kwargs): # Passed to `Learner` (metrics default to accuracy)
+    "A `Learner` that `method='cam'` accepts: `arch`'s body, then global average pooling and one linear layer"
+    from fastai.learner import Learner
+    from fastai.metrics import accuracy
+    from fastai.vision.learner import create_body
+    body = create_body(arch(), pretrained=False)
+    with torch.no_grad(): nf = body.eval()(torch.zeros(1, 3, size, size)).shape[1]
+    head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(nf, dls.c))
+    return Learner(dls, torch.nn.Sequential(body, head), **{'metrics': accuracy, **kwargs})
 
 # %% ../nbs/02_methods.ipynb #5d55103b
 _eps = 1e-7
