@@ -93,7 +93,7 @@ def map_layout(shape, size, layer:str='', patch=None,
     if grid is not None: grid = tuple(int(i) for i in grid)
     if len(shape)==4: return _map4_layout(what, shape, size, patch, grid)
     if len(shape)==3: return _tokens_layout(what, shape[1], size, patch, tokens, grid)
-    if len(shape)==2: _refuse(what, "a vector per item, with no positions to map; choose a layer before the pooling (layer=None picks one)")
+    if len(shape)==2: raise ValueError(f"{what}, not a [B,C,h,w] map: a vector per item, with no positions to map; choose a layer before the pooling (layer=None picks one)")
     _refuse(what, "not a map [B,C,h,w], tokens [B,N,C] or a channels-last map [B,h,w,C]; choose a layer that outputs one (layer=None picks one)")
 
 # %% ../nbs/16_tokens.ipynb #85dae7b5

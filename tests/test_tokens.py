@@ -109,7 +109,7 @@ def test_avg_pooled_heads_keep_the_last_blocks_output():
 
 @pytest.mark.parametrize('layer, msg', [
     ('blocks.1.attn.k_norm', r"^layer 'blocks.1.attn.k_norm' outputs \(2, 2, 18, 24\): an attention internal \[B, heads, tokens, dim\], not a map; explain the output of the block that holds it"),
-    ('head', r"^layer 'head' outputs \(2, 5\): a vector per item, with no positions to map; choose a layer before the pooling"),
+    ('head', r"^layer 'head' outputs \(2, 5\), not a \[B,C,h,w\] map: a vector per item, with no positions to map; choose a layer before the pooling"),
     ('blocks.1.mlp.fc1', None)])
 def test_refusals_are_one_line(layer, msg):
     m = _deit()
