@@ -25,8 +25,9 @@ from fastai.vision.augment import (Resize, ResizeMethod, RandomResizedCrop, Crop
 from .core import CamResult, normalize_maps, upsample_maps, with_param_docs
 
 # %% auto #0
-__all__ = ['InputGeometry', 'input_geometry', 'maps_to_original', 'cell_to_original', 'peak_boxes', 'check_threshold',
-           'threshold_boxes', 'cam_boxes', 'result_boxes', 'result_original_maps', 'check_color', 'show_boxes']
+__all__ = ['MIN_PROB', 'InputGeometry', 'input_geometry', 'maps_to_original', 'cell_to_original', 'peak_boxes', 'check_threshold',
+           'threshold_boxes', 'box_mass_share', 'boxes_frame', 'cam_boxes', 'result_boxes', 'result_original_maps',
+           'check_color', 'show_boxes']
 
 # %% ../nbs/05_boxes.ipynb #3aad1493
 def _resize_window(w, h, sw, sh, method):
@@ -303,7 +304,9 @@ def threshold_boxes(m, # One map `[H, W]` at original resolution (NaN where unse
     return boxes[order],sc[order].astype(np.float32)
 
 # %% ../nbs/05_boxes.ipynb #53bd6baa
-_box_cols = ['item', 'target', 'class', 'label', 'prob', 'x0', 'y0', 'x1', 'y1', 'score']
+_box_cols = ['item', 'target', 'class', 'label', 'prob', 'x0', 'y0', 'x1', 'y1', 'score', 'reason']
+_coords = ['x0', 'y0', 'x1', 'y1']
+MIN_PROB = 0.5   # default probability gate of the boxes step (see `bench/box_scores.py`)
 
 def _sizes(orig_sizes, n):
     "One `(H, W)` per item from one size or a list of sizes"
@@ -312,6 +315,23 @@ def _sizes(orig_sizes, n):
     if len(s)!=n: raise ValueError(f"orig_sizes has {len(s)} sizes but there are {n} items; give one (H, W) for all or one per item")
     return [tuple(int(v) for v in o) for o in s]
 
+def box_mass_share(m, # One map `[H, W]` at original resolution (NaN where unseen), 0 or more
+                   boxes) -> np.ndarray: # `(x0, y0, x1, y1)` boxes `[n, 4]`, half-open, in the map's pixels
+    "The share of map `m`'s mass inside each box: its sum inside the box over its sum on the whole image (0 for an empty map)"
+    a = m.detach().double().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m, np.float64)
+    a = np.maximum(np.nan_to_num(a, nan=0.), 0)
+    tot = a.sum()
+    if not tot > 0: return np.zeros(len(boxes))
+    return np.array([a[int(y0):int(y1), int(x0):int(x1)].sum()/tot for x0,y0,x1,y1 in np.asarray(boxes).reshape(-1, 4)])
+
+def boxes_frame(rows:list) -> pd.DataFrame:
+    "The boxes table of `rows` (tuples in `_box_cols` order; None coordinates for a row without a box), with nullable integer coordinates"
+    df = pd.DataFrame(rows, columns=_box_cols)
+    return df.astype({'item': int, 'target': int, 'class': int, 'prob': float, 'score': float, 'reason': str, **{c: 'Int64' for c in _coords}})
+
+def _no_box(b, t, c, name, p, reason): return (b, t, c, name, p, None, None, None, None, float('nan'), reason)
+
+# %% ../nbs/05_boxes.ipynb #a45cda2a
 def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
               orig_sizes, # `(H, W)` of the original images: one for all, or one per item
               geometry=None, # Anything `input_geometry` takes (usually the `DataLoaders`)
@@ -319,26 +339,38 @@ def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
               threshold:float=0.7, # For 'threshold': fraction of the maximum
               min_area:int=16, # For 'threshold': smallest region in original pixels
               topk:int=None, # For 'threshold': best boxes kept per map
-              score:str='max', # For 'threshold': 'max', 'mean' or 'mass'
+              score:str='max', # For 'threshold': how regions are ordered before `topk`: 'max', 'mean' or 'mass' of the normalised map
               relu:bool=True, # ReLU before normalising the maps
               fill:float=0., # Value of unseen original pixels
-              original=None) -> pd.DataFrame: # For 'threshold': the maps already in original pixels, one `[T, H, W]` per item (`res.original_maps(i)`), not computed again
-    "One row per box of every item and target of `res`, in original pixels: item, target, class, label, prob, x0, y0, x1, y1, score"
+              original=None, # The maps already in original pixels, one `[T, H, W]` per item (`res.original_maps(i)`), not computed again
+              min_prob:float=MIN_PROB, # No box for a target whose probability is below this (a 'below min_prob' row instead)
+              confirm:bool=False, # Let the model choose among candidate regions and score them (`fastcam.confirm`)
+              xb:Tensor=None, # With `confirm`: the input batch the maps were computed on
+              model=None) -> pd.DataFrame: # With `confirm`: the classifier (default: `res.model`)
+    "The boxes table of `res` in original pixels: item, target, class, label, prob, x0, y0, x1, y1, score, reason (one row per box or per target without one)"
     if mode not in ('threshold', 'peak'): raise ValueError(f"unknown mode '{mode}': use 'threshold' or 'peak'")
+    model = model if model is not None else res.model
+    if confirm and (xb is None or model is None): raise ValueError("confirm=True asks the model again: pass xb= (the input batch of the maps) and model= (or use res.boxes(confirm=True) on a result of learn.cam(items))")
     g = input_geometry(geometry)
-    sizes,rows = _sizes(orig_sizes, len(res)),[]
+    sizes,rows,jobs = _sizes(orig_sizes, len(res)),[],[]
     if original is not None and len(original)!=len(sizes): raise ValueError(f"original has maps of {len(original)} items but there are {len(sizes)}; give one [T, H, W] per item")
     names = res.target_names
     for b,hw in enumerate(sizes):
         _check_input_size(g, hw, res.input_size)
-        if mode=='threshold': mo = maps_to_original(normalize_maps(res.maps[b], relu), hw, g, fill) if original is None else original[b]
+        mo = maps_to_original(normalize_maps(res.maps[b], relu), hw, g, fill) if original is None else original[b]
         for t,c in enumerate(res.targets[b].tolist()):
             if c < 0: continue
-            if mode=='peak': bx,sc = peak_boxes(res.maps[b,t], hw, g, relu)
-            else: bx,sc = threshold_boxes(mo[t], threshold, min_area, topk, score, relu=False)
             p = float(res.probs[b,c])
-            rows += [(b, t, c, names[b][t], p, *map(int, box), float(s)) for box,s in zip(bx, sc)]
-    return pd.DataFrame(rows, columns=_box_cols).astype({'item': int, 'target': int, 'class': int, 'x0': int, 'y0': int, 'x1': int, 'y1': int})
+            if p < min_prob: rows.append(_no_box(b, t, c, names[b][t], p, 'below min_prob')); continue
+            bx,_ = peak_boxes(res.maps[b,t], hw, g, relu) if mode=='peak' else threshold_boxes(mo[t], threshold, min_area, topk, score, relu=False)
+            if confirm: jobs.append((len(rows), b, t, c, names[b][t], p, hw, mo[t], bx)); rows.append(None); continue
+            if not len(bx): rows.append(_no_box(b, t, c, names[b][t], p, 'no region')); continue
+            rows += [(b, t, c, names[b][t], p, *map(int, box), p*float(s), '') for box,s in zip(bx, box_mass_share(mo[t], bx))]
+    if jobs:
+        from fastcam.confirm import confirm_jobs
+        done = confirm_jobs(jobs, res, model, xb, g, min_area, topk)
+        rows = [r for k,o in enumerate(rows) for r in ([o] if o is not None else done[k])]
+    return boxes_frame(rows)
 
 # %% ../nbs/05_boxes.ipynb #7f7e27e8
 def _sizes_of(res, orig_sizes):
@@ -346,9 +378,28 @@ def _sizes_of(res, orig_sizes):
     if sizes is None: raise ValueError("this CamResult doesn't know its items' original sizes: pass orig_sizes=, or explain items with learn.cam(items)")
     return sizes
 
-def result_boxes(res:CamResult, mode:str='threshold', geometry=None, orig_sizes=None, **kwargs) -> pd.DataFrame:
+def _confirmed_in_chunks(res, sizes, geometry, dls, bs, kwargs):
+    "`cam_boxes(confirm=True)` of `res` a chunk of `bs` items at a time, each chunk's inputs made again from the items by `dls.test_dl`"
+    dls = dls if dls is not None else geometry
+    if res.items is None or not hasattr(dls, 'test_dl'): raise ValueError("confirm=True needs the model inputs: pass xb=, or dls= with the items' DataLoaders, or use a result of learn.cam(items)")
+    dfs = []
+    for s in range(0, len(res), bs):
+        part = res[s:s+bs]
+        xb = torch.cat([o[0] for o in dls.test_dl(part.items, bs=bs)])
+        kw = {**kwargs, 'original': kwargs['original'][s:s+bs]} if kwargs.get('original') is not None else kwargs
+        df = cam_boxes(part, sizes[s:s+bs], geometry, confirm=True, xb=xb, **kw)
+        dfs.append(df.assign(item=df['item']+s))
+    return pd.concat(dfs, ignore_index=True)
+
+def result_boxes(res:CamResult, mode:str='threshold', geometry=None, orig_sizes=None,
+                 confirm:bool=False, # Model-confirmed boxes (`fastcam.confirm`); the inputs are made again from the items unless `xb` is given
+                 confirm_bs:int=64, # With `confirm` and no `xb`: items per chunk
+                 dls=None, # With `confirm` and no `xb`: the `DataLoaders` whose `test_dl` makes the inputs (default: the geometry, when it is one)
+                 **kwargs) -> pd.DataFrame:
     "`cam_boxes` of `res` with the original sizes and geometry that `learn.cam` recorded (`res.boxes()`)"
-    df = cam_boxes(res, _sizes_of(res, orig_sizes), res.geometry if geometry is None else geometry, mode=mode, **kwargs)
+    sizes,g = _sizes_of(res, orig_sizes),res.geometry if geometry is None else geometry
+    if confirm and kwargs.get('xb') is None: df = _confirmed_in_chunks(res, _sizes(sizes, len(res)), g, dls, confirm_bs, dict(mode=mode, **kwargs))
+    else: df = cam_boxes(res, sizes, g, mode=mode, confirm=confirm, **kwargs)
     if res.items is not None and all(isinstance(o, (str, os.PathLike)) for o in res.items):
         df.insert(0, 'file', [str(res.items[i]) for i in df['item']])
     return df
@@ -442,8 +493,8 @@ def show_boxes(img, # The image: tensor [C,H,W]/[H,W], PIL image or array, in or
     "Draw `img` and its `boxes`, labelled with `labels` and `scores`; returns the axis"
     check_color(color)
     if isinstance(boxes, pd.DataFrame):
-        df = boxes
-        boxes = df[['x0', 'y0', 'x1', 'y1']].to_numpy()
+        df = boxes[boxes['x0'].notna()]   # rows without a box (a `reason`) draw nothing
+        boxes = df[['x0', 'y0', 'x1', 'y1']].to_numpy(np.float32)
         if labels is None and 'label' in df: labels = df['label'].tolist()
         if scores is None and 'score' in df: scores = df['score'].tolist()
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)

@@ -39,7 +39,7 @@ class GradCAMCallback(Callback):
 
     def before_validate(self):
         "Start a new collection; note the item order when `get_preds` will reorder its predictions"
-        self.results,self.i,self.dl_used = [],0,self.dl
+        self.results,self.i,self.dl_used,self.model_used = [],0,self.dl,self.learn.model
         gi = getattr(self.dl, 'get_idxs', None)
         self.idxs = list(gi()) if type(gi).__name__=='_ConstantFunc' else None
 
@@ -88,7 +88,7 @@ class GradCAMCallback(Callback):
         if not self.results: raise ValueError("GradCAMCallback has no maps yet: use it in learn.get_preds(dl=..., cbs=cb)")
         r = CamResult.cat(self.results)
         r = r if self.idxs is None else r[torch.tensor(self.idxs).argsort()]
-        return r._with(geometry=self.dl_used, **_items_of(self.dl_used, len(r)))
+        return r._with(geometry=self.dl_used, model=self.model_used, **_items_of(self.dl_used, len(r)))
 
 # %% ../nbs/08_callback.ipynb #77a904c4
 def _input_tfms(dl) -> list:
@@ -130,12 +130,12 @@ def _items_of(dl, n):
 @patch
 def get_cams(self:Learner, dl=None, layer=None, target=None, method='gradcam',
              with_boxes:bool=False, # Also return the boxes table (one row per box, in original pixels)
-             **box_kwargs): # Passed to `CamResult.boxes` (mode, threshold, min_area, topk, orig_sizes)
+             **box_kwargs): # Passed to `CamResult.boxes` (mode, threshold, min_area, topk, orig_sizes, min_prob, confirm)
     "Maps of every item of `dl` (default: the validation set) through `get_preds` with a `GradCAMCallback`; with `with_boxes`, `(maps, boxes)`"
     cb = GradCAMCallback(layer=layer, target=target, method=method)
     self.get_preds(dl=dl, cbs=cb)
     res = cb.cams
-    return (res, res.boxes(**box_kwargs)) if with_boxes else res
+    return (res, res.boxes(**{'dls': self.dls, **box_kwargs})) if with_boxes else res
 
 # %% ../nbs/08_callback.ipynb #006ddbb6
 class _RNGState:

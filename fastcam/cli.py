@@ -20,6 +20,7 @@ from fastai.vision.all import (DataBlock, CategoryBlock, ColReader, ColSplitter,
                                vision_learner, accuracy, load_learner, Learner, create_body)
 from .core import learner_cam
 from .methods import small_xresnet, gap_linear_learner  # public in fastcam.methods (and fastcam.all); still importable from here
+from .boxes import MIN_PROB
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
 from .boxes import check_threshold
 from .report import atomic_write, sync_disk, write_outputs, csv_safe
@@ -220,8 +221,11 @@ def _explain_batch(learn, batch, cfg) -> list:
     res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True, tta=cfg['tta']).to('cpu')   # boxes, overlays and records work on the CPU
     mos = work_maps(res)   # at most map_side pixels on the long side: bounded memory per file
     kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk'], original=mos) if cfg['mode']=='threshold' else {}
-    boxes = [[] for _ in batch]
-    for r in work_boxes(res, mode=cfg['mode'], **kw).to_dict('records'): boxes[r['item']].append(r)
+    if cfg.get('confirm'): kw.update(confirm=True, dls=learn.dls)
+    boxes,reasons = [[] for _ in batch],['' for _ in batch]
+    for r in work_boxes(res, mode=cfg['mode'], min_prob=cfg.get('min_prob', MIN_PROB), **kw).to_dict('records'):
+        if r['reason']: reasons[r['item']] = reasons[r['item']] or r['reason']
+        else: boxes[r['item']].append(r)
     vocab = res.vocab or list(range(res.probs.shape[1]))
     jobs = []
     for i,o in enumerate(batch):
@@ -234,7 +238,7 @@ def _explain_batch(learn, batch, cfg) -> list:
                    overlay=_out_path('', 'overlays', o.file, '.png').as_posix(), original=_out_path('', 'originals', o.file, '.png').as_posix(),
                    layer=res.layer, method=res.method,
                    boxes=[dict(**{'class': str(r['label'])}, prob=float(r['prob']), x0=int(r['x0']), y0=int(r['y0']), x1=int(r['x1']), y1=int(r['y1']),
-                               score=float(r['score'])) for r in boxes[i]])
+                               score=float(r['score'])) for r in boxes[i]], reason='' if boxes[i] else reasons[i] or 'no region')
         record_mm(rec)   # box sizes in mm from the file's PixelSpacing or ImagerPixelSpacing (fastcam.dicom_out)
         jobs.append(_Job(o, with_unseen(mos[i][0], res.geometry), f"{vocab[c]} {float(res.probs[i,c]):.2f}", boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab,
                          cfg['_truth'].boxes(o.file, res.orig_sizes[i]) if cfg.get('_truth') else None))
@@ -353,12 +357,14 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         out:str='fastcam_out', # Output folder
         layer:str=None, # Layer: a dotted name ('0.6', 'layer4') or an index path ('0,-2'); several separated by ';' ('0,-3;0,-2;0,-1') box their fused map; default: the last spatial layer
         method:str='gradcam', # CAM method: gradcam, gradcampp, xgradcam, hirescam, layercam, eigencam, scorecam, cam
-        target:str=None, # Class to explain: the predicted one (default), a class name or index
+        target:str=None, # Class to explain: the predicted one (default), a class name or index; --target CLASS boxes that finding on the files where its probability reaches --min-prob
         bs:int=16, # Files per batch
         mode:str='threshold', # Boxes: 'threshold' (connected regions) or 'peak' (the highest cell)
         threshold:float=0.7, # For 'threshold': fraction of the map's maximum
         min_area:int=16, # For 'threshold': smallest region in original pixels
         topk:int=1, # Boxes kept per file
+        confirm:store_true=False, # Model-confirmed boxes: the model chooses among candidate regions and scores them (fastcam.confirm; a few forwards per file)
+        min_prob:float=MIN_PROB, # No box for a file whose probability of the class is below this (boxes.csv says 'below min_prob'); with --target CLASS, boxes the finding only where the model sees it
         device:str=None, # 'cpu', 'cuda', 'cuda:1'; default: GPU LOCAL_RANK if there is one
         save_maps:store_true=False, # Also save the raw maps as .npy in maps/
         tta:store_true=False, # Average each map with its mirror image's (for a model trained with flips)
@@ -393,7 +399,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         dev = _device(device)
         learn = load_for_run(learner, trust, arch, weights, vocab, size, dev)
         cfg = dict(layer=_layer(layer), target=_target(target), method=method, bs=bs, mode=mode, threshold=threshold, min_area=min_area,
-                   topk=topk, save_maps=save_maps, tta=tta, **_truth_opts(truth))
+                   topk=topk, min_prob=min_prob, confirm=confirm, save_maps=save_maps, tta=tta, **_truth_opts(truth))
         try: cfg['dicom'] = dicom_config(dicom_codes, learn.model) if dicom_out or dicom_codes else None
         except (ImportError, ValueError) as e: raise CliError(f"fastcam run: --dicom-out: {e}")
         info = _begin(out, learn, files, cfg, force, model_identity(learn, learner, weights, arch, size), left_out, rank, world)

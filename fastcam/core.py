@@ -252,12 +252,13 @@ class CamResult:
     def __init__(self, maps:Tensor, targets:Tensor, probs:Tensor, vocab=None, layer:str=None, method:str=None, input_size=None,
                  items=None, # The items explained (paths, images), when known
                  orig_sizes=None, # `(H, W)` of each item in its own pixels, when known
-                 geometry=None): # What made the model input from the items (e.g. the `DataLoaders`), for `fastcam.boxes`
+                 geometry=None, # What made the model input from the items (e.g. the `DataLoaders`), for `fastcam.boxes`
+                 model=None): # The model explained, for steps that ask it again (`boxes(confirm=True)`)
         store_attr()
     def __len__(self): return len(self.maps)
     def _with(self, **kw):
         "A copy with some fields replaced"
-        d = {k: getattr(self, k) for k in ('maps','targets','probs','vocab','layer','method','input_size','items','orig_sizes','geometry')}
+        d = {k: getattr(self, k) for k in ('maps','targets','probs','vocab','layer','method','input_size','items','orig_sizes','geometry','model')}
         return CamResult(**{**d, **kw})
     def to(self, device):
         "This result with its tensors on `device`"
@@ -584,7 +585,7 @@ def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', v
     xb = _as_batch(xb)
     if tta: xb = torch.cat([xb, xb.flip(-1)])
     probs,gs = gather(model, xb, layers or [layer], target, vocab, multi_label, needs_grad(method), mirrored=tta, tokens=tokens, grid=grid, output=output)
-    res = [cam_result(method, g, probs, vocab, **kwargs) for g in gs]
+    res = [cam_result(method, g, probs, vocab, **kwargs)._with(model=model) for g in gs]
     if tta: res = [unmirror(r) for r in res]
     if not layers: return res[0]
     f = fuse_cams(res)
@@ -629,7 +630,7 @@ def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:
         xb = b[0]
         t = target[i:i+len(xb)] if isinstance(target, (list, tuple, Tensor)) else target
         res.append(cam(learn.model, xb, target=t, **kw)); i += len(xb)
-    known = dict(items=given, orig_sizes=sizes, geometry=dls)   # the items as given (converted copies are dropped after the forward)
+    known = dict(items=given, orig_sizes=sizes, geometry=dls, model=learn.model)   # the items as given (converted copies are dropped after the forward)
     if isinstance(res[0], dict): return {k: CamResult.cat([r[k] for r in res])._with(**known) for k in res[0]}
     return CamResult.cat(res)._with(**known)
 

@@ -236,8 +236,8 @@ def threshold_accuracy(res, # maps of items that know their original sizes (`lea
     mos = [res.original_maps(i) for i in range(len(res))]
     acc = {}
     for t in thresholds:
-        df = res.boxes(mode='threshold', threshold=float(t), min_area=min_area, topk=1, original=mos)
-        first = df[df['target']==0].groupby('item')[['x0', 'y0', 'x1', 'y1']].first()
+        df = res.boxes(mode='threshold', threshold=float(t), min_area=min_area, topk=1, original=mos, min_prob=0.)   # every map boxed: this scores the maps, not the gate
+        first = df[(df['target']==0) & df['x0'].notna()].groupby('item')[['x0', 'y0', 'x1', 'y1']].first()
         hit = [i in first.index and box_iou(torch.tensor(first.loc[i].to_numpy()[None]), gts[i]).max().item() >= iou_threshold for i in keep]
         acc[float(t)] = float(np.mean(hit))
     return pd.Series(acc, name='box_acc').rename_axis('threshold')

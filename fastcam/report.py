@@ -62,7 +62,7 @@ def atomic_savefig(fig, path, **kwargs):
     return path
 
 # %% ../nbs/10_report.ipynb #6adeb30c
-_cols = ['file', 'class', 'prob', 'x0', 'y0', 'x1', 'y1', 'score', 'width_mm', 'height_mm', 'area_mm2', 'spacing_source']
+_cols = ['file', 'class', 'prob', 'x0', 'y0', 'x1', 'y1', 'score', 'reason', 'width_mm', 'height_mm', 'area_mm2', 'spacing_source']
 
 def _mm(r, b=None):
     "The mm columns of box `b` of record `r`: empty where the file has no pixel spacing (see `fastcam.dicom_out.record_mm`)"
@@ -74,14 +74,14 @@ def read_records(folder) -> list:
     return sorted(recs, key=lambda r: r['file'])
 
 def boxes_table(records:list) -> pd.DataFrame:
-    "One row per box of every successful record (a row with an empty box for a file without one): file, class, prob, x0, y0, x1, y1, score, width_mm, height_mm, area_mm2, spacing_source"
+    "One row per box of every successful record (a row with an empty box and a `reason` for a file without one): file, class, prob, x0, y0, x1, y1, score, reason, width_mm, height_mm, area_mm2, spacing_source"
     rows = []
     for r in records:
         if r.get('error'): continue
         bs = r.get('boxes') or [None]
         for b in bs:
-            if b is None: rows.append(dict(file=r['file'], **{'class': r['class']}, prob=r['prob'], **_mm(r)))
-            else: rows.append(dict(file=r['file'], **{'class': b['class']}, prob=b['prob'], x0=b['x0'], y0=b['y0'], x1=b['x1'], y1=b['y1'], score=b['score'], **_mm(r, b),
+            if b is None: rows.append(dict(file=r['file'], **{'class': r['class']}, prob=r['prob'], reason=r.get('reason') or 'no region', **_mm(r)))
+            else: rows.append(dict(file=r['file'], **{'class': b['class']}, prob=b['prob'], x0=b['x0'], y0=b['y0'], x1=b['x1'], y1=b['y1'], score=b['score'], reason='', **_mm(r, b),
                                    **{k: v for k,v in b.items() if k not in _cols}))   # further box fields (e.g. `iou` of a run with --truth) as columns
     df = pd.DataFrame(rows, columns=list(dict.fromkeys(_cols + [k for r in rows for k in r])))
     return df.astype({c: 'Int64' for c in ['x0','y0','x1','y1']})

@@ -14,7 +14,7 @@ import pandas as pd
 from fastai.vision.core import PILImage, TensorBBox, LabeledBBox
 from .core import CamResult, upsample_maps, normalize_maps, learner_cam
 from .items import check_item, read_dicom
-from .boxes import show_boxes, check_color, check_threshold
+from .boxes import show_boxes, check_color, check_threshold, MIN_PROB
 from .overlay import overlay_pixels, image_rgb
 
 # %% auto #0
@@ -190,11 +190,12 @@ def get_cmaps(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
 
 # %% ../nbs/06_show.ipynb #994342cb
 def boxes_to_bbox(df:pd.DataFrame, img_size=None) -> LabeledBBox:
-    "A `LabeledBBox` of the rows of a boxes table, carrying the table as `df` and its `probs`, `scores`, `classes`"
+    "A `LabeledBBox` of the boxes of a boxes table (rows without a box are left out), carrying the whole table as `df` and the boxes' `probs`, `scores`, `classes`"
+    full,df = df,df[df['x0'].notna()]
     bb = TensorBBox.create(torch.tensor(df[['x0','y0','x1','y1']].to_numpy(np.float32)).reshape(-1, 4), img_size=img_size)
     lb = LabeledBBox(bb, [str(l) for l in df['label']])
     col = lambda c,t: torch.tensor(df[c].to_numpy(t))
-    lb.df,lb.probs,lb.scores,lb.classes = df,col('prob', np.float32),col('score', np.float32),col('class', np.int64)
+    lb.df,lb.probs,lb.scores,lb.classes = full,col('prob', np.float32),col('score', np.float32),col('class', np.int64)
     return lb
 
 # %% ../nbs/06_show.ipynb #ef5a7594
@@ -212,6 +213,8 @@ def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
               threshold:float=0.7, # For 'threshold': fraction of the map's maximum
               min_area:int=16, # For 'threshold': smallest region, in original pixels
               topk:int=1, # Best boxes kept per map (None: all)
+              min_prob:float=MIN_PROB, # No box for a class whose probability is below this (the table says 'below min_prob')
+              confirm:bool=False, # Let the model choose and score the box among candidate regions (`fastcam.confirm`)
               window=None, # DICOM window for drawing
               tta:bool=False, # Average each map with its mirror image's (see `cam`)
               lw:float=2, figsize=None, ctx=None) -> LabeledBBox:
@@ -220,7 +223,8 @@ def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
     res = explain_item(item, dls, learn, layer, target, method, tta=tta)
     if sanity: _sanity(res)
     kw = dict(threshold=threshold, min_area=min_area, topk=topk) if mode=='threshold' else {}
-    df = res.boxes(mode=mode, **kw)
+    if confirm and isinstance(item, Tensor): kw['xb'] = item if item.ndim==4 else item[None]   # a preprocessed input is its own batch
+    df = res.boxes(mode=mode, min_prob=min_prob, confirm=confirm, dls=dls, **kw)
     H,W = res.orig_sizes[0]
     lb = boxes_to_bbox(df, img_size=(W, H))
     if show_maps:

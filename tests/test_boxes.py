@@ -118,7 +118,7 @@ def test_cam_boxes_both_modes(method, orig):
     res = CamResult(maps, torch.tensor([[1], [0]]), probs, vocab=['normal', 'nodule'], input_size=(224, 224))
     g = Resize(224, method=method)
     pk = cam_boxes(res, orig, g, mode='peak')
-    assert list(pk.columns) == ['item', 'target', 'class', 'label', 'prob', 'x0', 'y0', 'x1', 'y1', 'score']
+    assert list(pk.columns) == ['item', 'target', 'class', 'label', 'prob', 'x0', 'y0', 'x1', 'y1', 'score', 'reason']
     assert tuple(pk.loc[pk.item == 0, ['x0', 'y0', 'x1', 'y1']].iloc[0]) == PEAK[method, orig]
     assert pk.loc[pk.item == 0, 'label'].iloc[0] == 'nodule' and pk.loc[pk.item == 0, 'prob'].iloc[0] == pytest.approx(0.8)
     th = cam_boxes(res, [orig, orig], g)
@@ -132,7 +132,8 @@ def test_cam_boxes_checks_input_size_and_sizes():
     with pytest.raises(ValueError, match='orig_sizes'): cam_boxes(res, [(384, 288), (10, 10), (5, 5)], Resize(128))
     with pytest.raises(ValueError, match='mode'): cam_boxes(res, (384, 288), Resize(128), mode='box')
     padded = CamResult(torch.zeros(1, 2, 7, 7), torch.tensor([[0, -1]]), torch.tensor([[1.]]), input_size=(224, 224))
-    assert len(cam_boxes(padded, (384, 288), Resize(224))) == 0      # constant map: no box; padding target skipped
+    nobox = cam_boxes(padded, (384, 288), Resize(224))              # constant map: no box; padding target skipped
+    assert len(nobox[nobox.x0.notna()]) == 0 and nobox[['target', 'reason']].values.tolist() == [[0, 'no region']]
 
 def test_cells_tile_the_original_and_padding_is_excluded():
     for method in ('squish', 'crop', 'pad'):
@@ -398,3 +399,30 @@ def test_show_boxes_with_a_cam_boxes_frame():
     r = ax.patches[1]
     assert (r.get_x(), r.get_y(), r.get_width(), r.get_height()) == (40, 30, 20, 20)
     plt.close('all')
+
+# ---------------------------------------------------------------------------------------------------------------
+# Box confidence and the probability gate. The score is prob x (map mass inside the box / map mass in the image),
+# checked here against sums done by hand on maps whose mass is known.
+
+def test_score_is_prob_times_mass_share_by_hand():
+    m = torch.zeros(7, 7); m[1, 1] = 1.; m[5, 4:6] = 0.5            # at input = original = 224: cells of 32x32 pixels
+    res = CamResult(m[None, None], torch.tensor([[1]]), torch.tensor([[0.1, 0.9]]), vocab=['normal', 'nodule'], input_size=(224, 224))
+    df = cam_boxes(res, (224, 224), None, mode='peak')
+    up = torch.nn.functional.interpolate(m[None, None], (224, 224), mode='bilinear', align_corners=False)[0, 0]
+    want = 0.9 * up[32:64, 32:64].sum().item() / up.sum().item()   # the peak cell (1, 1) is pixels 32..63
+    assert df[['x0', 'y0', 'x1', 'y1']].values.tolist() == [[32, 32, 64, 64]] and df.score[0] == pytest.approx(want, rel=1e-5)
+    th = cam_boxes(res, (224, 224), None, threshold=0.4)            # both blobs, each with its own share
+    shares = [up[y0:y1, x0:x1].sum().item() / up.sum().item() for x0, y0, x1, y1 in th[['x0', 'y0', 'x1', 'y1']].values.tolist()]
+    assert len(th) == 2 and th.score.tolist() == pytest.approx([0.9*s for s in shares], rel=1e-5)
+    assert 0 < th.score.min() < th.score.max() < 0.9                # not constant, and never more than the probability
+
+def test_min_prob_gates_every_target_and_says_why():
+    maps = torch.stack([_block_map(), _block_map()])[None]          # 1 item, 2 targets ('all')
+    res = CamResult(maps, torch.tensor([[1, 0]]), torch.tensor([[0.3, 0.7]]), vocab=['normal', 'nodule'], input_size=(224, 224))
+    df = cam_boxes(res, (224, 224), None)
+    assert df[['label', 'reason']].values.tolist() == [['nodule', ''], ['normal', 'below min_prob']]
+    assert df.loc[1, ['x0', 'y0', 'x1', 'y1']].isna().all() and np.isnan(df.score[1]) and str(df.x0.dtype) == 'Int64'
+    assert cam_boxes(res, (224, 224), None, min_prob=0.8).reason.tolist() == ['below min_prob']*2
+    assert cam_boxes(res, (224, 224), None, min_prob=0.).reason.tolist() == ['', '']
+    ax = show_boxes(np.zeros((224, 224)), df)                        # the row without a box draws nothing
+    assert len(ax.patches) == 1; plt.close('all')

@@ -89,14 +89,14 @@ def test_run_folder_with_bad_files(setup, ref):
     assert '62 done, 0 skipped (done before), 5 failed' in r.stdout
     assert len(list((out/'overlays').glob('*.png'))) == 62
     boxes = pd.read_csv(out/'boxes.csv')
-    assert list(boxes.columns) == ['file', 'class', 'prob', 'x0', 'y0', 'x1', 'y1', 'score', 'width_mm', 'height_mm', 'area_mm2', 'spacing_source']
+    assert list(boxes.columns) == ['file', 'class', 'prob', 'x0', 'y0', 'x1', 'y1', 'score', 'reason', 'width_mm', 'height_mm', 'area_mm2', 'spacing_source']
     assert boxes.file.nunique() == 62
     errs = pd.read_csv(out/'errors.csv')
     assert sorted(Path(f).name for f in errs.file) == ['garbage.dcm', 'jpeg12.dcm', 'nopixels.dcm', 'notes.dcm', 'truncated.dcm']
     for f, e in zip(errs.file, errs.error): assert '\n' not in e and Path(f).name in e, e
     assert 'pip install pylibjpeg pylibjpeg-libjpeg' in errs.error[errs.file.str.endswith('jpeg12.dcm')].iloc[0]
     # boxes are inside their images (original pixels, read back from the files)
-    for f, g in boxes.dropna().groupby('file'):
+    for f, g in boxes.dropna(subset=['x0']).groupby('file'):
         H, W = (pydicom.dcmread(f, stop_before_pixels=True).Rows, pydicom.dcmread(f, stop_before_pixels=True).Columns) if f.endswith('.dcm') else Image.open(f).size[::-1]
         assert (g.x0 >= 0).all() and (g.y0 >= 0).all() and (g.x1 <= W).all() and (g.y1 <= H).all() and (g.x1 > g.x0).all()
     # COCO: every image and category an annotation references exists; bbox is [x, y, w, h]
