@@ -44,7 +44,7 @@ def test_fastcam_run_gates_and_writes_the_reason(gate, tmp_path):
     mid = float(probs.max(1).values.median())
     run(str(tmp_path/'m.pkl'), *map(str, files), out=str(tmp_path/'out'), trust=True, min_prob=mid, min_area=1, progress=False)
     b = pd.read_csv(tmp_path/'out'/'boxes.csv')
-    assert list(b.columns) == ['file', 'class', 'prob', 'x0', 'y0', 'x1', 'y1', 'score', 'reason'] and b.file.nunique() == len(files)
+    assert list(b.columns)[:9] == ['file', 'class', 'prob', 'x0', 'y0', 'x1', 'y1', 'score', 'reason'] and b.file.nunique() == len(files)
     top = {str(f): float(p.max()) for f, p in zip(files, probs)}
     for r in b.itertuples():
         assert r.prob == pytest.approx(top[r.file], abs=1e-4)
