@@ -101,7 +101,7 @@ def peak_rss_mb(pkl, f, out, code=None) -> float:
     py = ("import resource, sys; from fastcam.cli import main; rc = main(sys.argv[1:]); "
           "print('RC', rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     r = subprocess.run([sys.executable, '-c', py, 'run', str(pkl), str(f), '--out', str(out), '--trust', '--no-progress'],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True, env=env, cwd=out.parent)   # not the repo: `python -c` puts the cwd before PYTHONPATH
     line = [l for l in r.stdout.splitlines() if l.startswith('RC ')]
     if not line: return float('nan')
     rc, kb = line[-1].split()[1:]
