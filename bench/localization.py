@@ -9,7 +9,7 @@ from scratch on the CPU (cached under bench/.cache/, an ignored folder), and eve
 target 'nodule': pointing, BoxAcc@0.5 of the top box, MaxBoxAccV2, COCO AP@0.5 (pycocotools), the box score's AUROC
 (hit vs miss) and seconds per item. Results are mean +- sd over (domain, seed) runs.
 
-The held-out domain is used for nothing but its own lines: the defaults are the recipe with the best mean BoxAcc
+Runs whose model did not learn the task (validation accuracy < 0.6) are left out of the table (the held-out domain also gets lines over all its runs). The held-out domain is used for nothing but its own lines: the defaults are the recipe with the best mean BoxAcc
 over the tuning domains; the "tuned" line runs the tune step (`recipe_table` + `sort_recipes`, what
 `learn.tune_boxes` does) on `--labelled` labelled TRAINING files of the held-out domain and reports the chosen
 recipe on its validation files.
@@ -39,9 +39,9 @@ DOMAINS = {   # name -> make_dicom_set options; the last one is held out
 }
 HELD_OUT = 'held_out'
 FULL = dict(n=200, epochs=6, seeds=(0, 1, 2), methods=('gradcam', 'layercam', 'hirescam'), tta=(False, True),
-            thresholds=(0.4, 0.5, 0.6, 0.7, 0.8), labelled=24, domains=tuple(DOMAINS))
+            thresholds=(0.4, 0.5, 0.6, 0.7, 0.8), labelled=24, domains=tuple(DOMAINS), min_acc=0.6)
 QUICK = dict(n=64, epochs=2, seeds=(0,), methods=('gradcam', 'layercam'), tta=(False,), thresholds=(0.4, 0.7), labelled=8,
-             domains=('large_soft', HELD_OUT))
+             domains=('large_soft', HELD_OUT), min_acc=0.)   # quick models learn nothing: all kept
 METRICS = ['pointing', 'box_acc', 'max_box_acc_v2', 'ap50', 'score_auroc', 's_per_item']
 
 def domain_set(name, n):
@@ -81,13 +81,27 @@ def evaluate(name, seed, cfg):
     kw = dict(target='nodule', methods=cfg['methods'], tta=cfg['tta'], thresholds=cfg['thresholds'], progress=False)
     t0 = time.time()
     rows = recipe_table(learn, valid, gt, **kw).assign(domain=name, seed=seed, accuracy=info['accuracy'])
-    tuned = None
-    if name==HELD_OUT:   # the tune step on a few labelled training files, judged on the validation files
-        tr = df[~df.is_valid]
-        few = list(tr[tr.label=='nodule'].file[:cfg['labelled']//2]) + list(tr[tr.label!='nodule'].file[:cfg['labelled']//2])
-        pick = sort_recipes(recipe_table(learn, [str(path/f) for f in few], gt, **kw)).iloc[0]
-        tuned = _row_of(rows, pick)
+    tuned = tuned_row(learn, path, df, gt, rows, cfg) if name==HELD_OUT else None
     return rows,tuned,{**info, 'eval_s': time.time()-t0}
+
+def tuned_row(learn, path, df, gt, rows, cfg):
+    "The tune step on `cfg['labelled']` labelled TRAINING files (half with a lesion), judged by its choice's row of `rows` (the validation files)"
+    kw = dict(target='nodule', methods=cfg['methods'], tta=cfg['tta'], thresholds=cfg['thresholds'], progress=False)
+    tr = df[~df.is_valid]
+    few = list(tr[tr.label=='nodule'].file[:cfg['labelled']//2]) + list(tr[tr.label!='nodule'].file[:cfg['labelled']//2])
+    pick = sort_recipes(recipe_table(learn, [str(path/f) for f in few], gt, **kw)).iloc[0]
+    return _row_of(rows, pick)
+
+def tuned_from_rows(all_rows, cfg):
+    "The held-out domain's tuned rows, computed again from the cached models (for --from-csv)"
+    torch.set_num_threads(1)
+    path,df = domain_set(HELD_OUT, cfg['n'])
+    res = []
+    for seed in cfg['seeds']:
+        learn,_ = trained(HELD_OUT, path, df, seed, cfg['epochs'])
+        rows = all_rows[(all_rows.domain==HELD_OUT) & (all_rows.seed==seed)]
+        res.append(tuned_row(learn, path, df, gt_dict(path), rows, cfg))
+    return pd.concat(res)
 
 def _key(df): return df['method'] + ' @ ' + df['layer'].map(str) + ' tta=' + df['tta'].map(str) + ' t=' + df['threshold'].map(lambda v: f'{v:.1f}')
 
@@ -108,7 +122,11 @@ HEAD = "| recipe | runs | pointing % | BoxAcc@0.5 % | MaxBoxAccV2 % | AP@0.5 % |
 
 def report(all_rows, tuned, cfg, infos, secs, a_jobs):
     tune_doms = [d for d in cfg['domains'] if d!=HELD_OUT]
-    tr,ho = all_rows[all_rows.domain.isin(tune_doms)],all_rows[all_rows.domain==HELD_OUT]
+    MIN_ACC = cfg['min_acc']   # runs whose model's validation accuracy is below this are left out (it did not learn to see the lesion)
+    learned = all_rows[all_rows.accuracy >= MIN_ACC]
+    skipped = sorted({f"{d} seed {s} ({a:.2f})" for d,s,a in all_rows[all_rows.accuracy < MIN_ACC][['domain', 'seed', 'accuracy']].itertuples(index=False)})
+    tr,ho = learned[learned.domain.isin(tune_doms)],learned[learned.domain==HELD_OUT]
+    if tuned is not None: tuned = tuned[tuned.accuracy >= MIN_ACC]
     tr,ho = tr.assign(key=_key(tr)),ho.assign(key=_key(ho))
     mean = tr.groupby('key')[METRICS].mean()
     order = mean.sort_values(['box_acc', 'pointing', 'max_box_acc_v2'], ascending=False)
@@ -118,10 +136,11 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
     L = [f"# Localization across synthetic domains ({'quick' if cfg is QUICK else 'full'} run)", '',
          f"`python bench/localization.py{' --quick' if cfg is QUICK else ''}`: {len(cfg['domains'])} domains x {len(cfg['seeds'])} model seeds, "
          f"{cfg['n']} DICOMs per domain (30 % validation), small XResNet from scratch, {cfg['epochs']} epochs, 96 px squish; "
-         f"{a_jobs} processes of one torch thread; {secs/60:.1f} min in all (models cached in bench/.cache/).", '',
+         f"{a_jobs} processes of one torch thread; {secs/60:.1f} min in all (models cached in bench/.cache/)." if secs==secs else "report made again from the run's CSV.", '',
          "Domains (`make_dicom_set` options on top of size (96, 120), contrast (0.15, 0.25)):", '']
     L += [f"- `{d}`{' (HELD OUT)' if d==HELD_OUT else ''}: {DOMAINS[d]}; accuracy {ms([i['accuracy'] for i in infos if i['domain']==d])} %" for d in cfg['domains']]
-    L += ['', "## Chosen defaults", '',
+    L += ['', f"Runs whose model did not learn the task (validation accuracy < {MIN_ACC}) are left out of every line below: a map of a model that does not see the lesion says nothing about a box recipe. Left out: {', '.join(skipped) or 'none'}.",
+          '', "## Chosen defaults", '',
           f"The recipe with the best mean BoxAcc@0.5 over the tuning domains' (domain, seed) runs: **{best}**.", '',
           "## Tuning domains: every method x layers x tta at its best threshold (mean +- sd over domain x seed runs)", '', HEAD]
     tr_best = order.reset_index().assign(mk=lambda d: d.key.str.rsplit(' t=', n=1).str[0]).drop_duplicates('mk')
@@ -134,19 +153,28 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
           summary_line(f"chosen defaults, no labels ({best})", ho[ho.key==best])]
     if tuned is not None:
         L.append(summary_line(f"tune step on {cfg['labelled']} labelled training files (choices: {', '.join(sorted(set(_key(tuned))))})", tuned))
-    hb = ho.groupby('key')[METRICS].mean().sort_values('box_acc', ascending=False).index[0]
-    L.append(summary_line(f"oracle: best recipe on the held-out validation itself ({hb})", ho[ho.key==hb]))
+    ha = all_rows[all_rows.domain==HELD_OUT]; ha = ha.assign(key=_key(ha))
+    L += [summary_line(f"all held-out runs, learned or not: old defaults", ha[ha.key==old]), summary_line(f"all held-out runs, learned or not: chosen defaults", ha[ha.key==best])]
+    if len(ho):
+        hb = ho.groupby('key')[METRICS].mean().sort_values('box_acc', ascending=False).index[0]
+        L.append(summary_line(f"oracle: best recipe on the held-out validation itself ({hb})", ho[ho.key==hb]))
     return '\n'.join(L) + '\n', dict(method=chosen['method'], layer=chosen['layer'], tta=bool(chosen['tta']), threshold=float(chosen['threshold']))
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--quick', action='store_true', help='2 domains, 1 seed, tiny sets: a minute, for development')
     ap.add_argument('--out', default=None, help='markdown table (default: bench/results/localization.md; quick: stdout only)')
+    ap.add_argument('--from-csv', default=None, help="report again from a full run's CSV (tune step redone on the cached models)")
     ap.add_argument('--jobs', type=int, default=2, help='processes, one (domain, seed) run each, one torch thread each')
     a = ap.parse_args()
     cfg = QUICK if a.quick else FULL
     CACHE.mkdir(parents=True, exist_ok=True)
     t0,rows,tuned = time.time(),[],[]
+    if a.from_csv:   # the report again from a run's CSV (the recipes measured), with the tune step redone on the cached models
+        all_rows = pd.read_csv(a.from_csv)
+        all_rows['layer'] = all_rows['layer'].map(json.loads)
+        md,choice = report(all_rows, tuned_from_rows(all_rows, cfg), cfg, all_rows.drop_duplicates(['domain', 'seed']).to_dict('records'), float('nan'), a.jobs)
+        return _write(a, md, choice, all_rows)
     for d in cfg['domains']: domain_set(d, cfg['n'])          # the data first, once per domain
     jobs = [(d, s) for d in cfg['domains'] for s in cfg['seeds']]
     with ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context('spawn')) as ex:
@@ -158,6 +186,9 @@ def main():
     all_rows = pd.concat(rows)
     infos = all_rows.drop_duplicates(['domain', 'seed'])[['domain', 'seed', 'accuracy']].to_dict('records')
     md,choice = report(all_rows, tuned, cfg, infos, time.time()-t0, a.jobs)
+    _write(a, md, choice, all_rows)
+
+def _write(a, md, choice, all_rows):
     print(md); print('chosen defaults:', choice)
     out = a.out or (None if a.quick else str(Path(__file__).parent/'results'/'localization.md'))
     if out:
