@@ -686,13 +686,15 @@ def layer_summary(learn, # A `Learner`, or a plain `nn.Module` (then give `xb` o
     if xb is None: xb = learn.dls.valid.one_batch()[0]
     xb = _as_batch(xb)[:1].to(_model_device(model, xb))
     shapes,paths = dict(trace_modules(model, xb)),_index_paths(model)
+    lays = {n:l for n,_,l in _layouts(model, xb)}   # tokens and channels-last outputs are maps too; attention internals are not
     try: auto = auto_layer(model, xb)   # what layer=None picks
     except ValueError: auto = None
     rows = []
     for n,m in model.named_modules():
         if not n: continue
         s = shapes.get(n)
-        spatial = _is_spatial(s)
+        l = lays.get(n)
+        spatial = l is not None
         rows.append(dict(path=','.join(map(str, paths[n])), name=n, type=type(m).__name__, output=None if s is None else list(s),
-                         map=f"{s[2]}x{s[3]}" if spatial else '', cam='auto' if n==auto else 'cam' if spatial and any(True for _ in m.children()) else ''))
+                         map=f"{l.grid[0]}x{l.grid[1]}" if spatial else '', cam='auto' if n==auto else 'cam' if spatial and any(True for _ in m.children()) else ''))
     return pd.DataFrame(rows)
