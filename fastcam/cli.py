@@ -18,7 +18,7 @@ from PIL import Image
 from fastcore.script import call_parse, parse_cli, store_true, CliError
 from fastai.vision.all import (DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, Flip, XResNet, ResBlock, Normalize, imagenet_stats,
                                vision_learner, accuracy, load_learner, Learner, create_body)
-from .core import learner_cam
+from .core import learner_cam, several_layers
 from .methods import small_xresnet, gap_linear_learner  # public in fastcam.methods (and fastcam.all); still importable from here
 from .boxes import MIN_PROB
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
@@ -30,11 +30,12 @@ from .runs import (scan_inputs, lock_out, clean_temporaries, run_options, run_in
 from .dicom_out import record_mm, dicom_config, dicom_record
 from .overlay import render_overlay, with_unseen, fit_map, _rows as _box_rows
 from .synth import make_dicom_set
+from .sanity import batch_stability, sanity_check, _batch as _test_batch
 
 # %% auto #0
-__all__ = ['image_exts', 'overlay_side', 'map_side', 'DEMO_LAYERS', 'commands', 'find_inputs', 'tiny_xresnet', 'weights_learner',
-           'load_for_run', 'work_maps', 'work_boxes', 'process_files', 'launch', 'run', 'synth_dls', 'demo_hits',
-           'demo_threshold', 'demo', 'main']
+__all__ = ['image_exts', 'overlay_side', 'map_side', 'stability_min_corr', 'DEMO_LAYERS', 'commands', 'find_inputs',
+           'tiny_xresnet', 'weights_learner', 'load_for_run', 'work_maps', 'work_boxes', 'process_files', 'launch',
+           'run', 'synth_dls', 'demo_hits', 'demo_threshold', 'demo', 'main']
 
 # %% ../nbs/11_cli.ipynb #c296208d
 if __name__ == '__main__' and '__file__' in globals():  # `python -m fastcam.cli`, not a notebook
@@ -219,6 +220,7 @@ _Job = namedtuple('_Job', 'read map title boxes raw rec vocab truth', defaults=(
 def _explain_batch(learn, batch, cfg) -> list:
     "Explain `batch` (`_Read`s) in one batch: a `_Job` per file with its map in original pixels (computed once, for its boxes and its overlay), boxes and record"
     res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True, tta=cfg['tta']).to('cpu')   # boxes, overlays and records work on the CPU
+    stable = _stability_fields(learn, batch, res, cfg) if cfg.get('stability') else None
     mos = work_maps(res)   # at most map_side pixels on the long side: bounded memory per file
     kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk'], original=mos) if cfg['mode']=='threshold' else {}
     if cfg.get('confirm'): kw.update(confirm=True, dls=learn.dls)
@@ -240,6 +242,7 @@ def _explain_batch(learn, batch, cfg) -> list:
                    boxes=[dict(**{'class': str(r['label'])}, prob=float(r['prob']), x0=int(r['x0']), y0=int(r['y0']), x1=int(r['x1']), y1=int(r['y1']),
                                score=float(r['score'])) for r in boxes[i]], reason='' if boxes[i] else reasons[i] or 'no region')
         record_mm(rec)   # box sizes in mm from the file's PixelSpacing or ImagerPixelSpacing (fastcam.dicom_out)
+        if stable: rec.update(stable[i])   # flip_corr, shift_corr, unstable (--stability)
         jobs.append(_Job(o, with_unseen(mos[i][0], res.geometry), f"{vocab[c]} {float(res.probs[i,c]):.2f}", boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab,
                          cfg['_truth'].boxes(o.file, res.orig_sizes[i]) if cfg.get('_truth') else None))
     return jobs
@@ -378,6 +381,8 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         force:store_true=False, # Recompute files whose results in --out were made with other options or another model (else the run refuses)
         dicom_out:store_true=False, # Also write, per DICOM input, a DICOM SR and a presentation state of its boxes and a Segmentation of its map into dicom/ (needs highdicom)
         dicom_codes:str=None, # JSON file (implies --dicom-out) {"class": ["code value", "scheme", "meaning"]} coding the findings; default: the class name in scheme 99FASTCAM
+        stability:store_true=False, # Also measure each map's agreement under a mirror image and a 4-pixel shift (flip_corr, shift_corr, unstable below 0.5 in boxes.csv and the report); a second forward and backward of 3x each batch
+        sanity:int=0, # After the run, Adebayo et al.'s randomization sanity check of the run's method and layer(s) on the first N explained files: sanity.csv and a report section (0: off)
         progress:Annotated[bool, dict(help="Don't show a progress bar")]=True): # Show a progress bar (the command line's --no-progress hides it)
     "Explain DICOM/image files into overlays, boxes.csv, boxes.coco.json, errors.csv and report.html in --out"
     paths = list(paths)
@@ -399,7 +404,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         dev = _device(device)
         learn = load_for_run(learner, trust, arch, weights, vocab, size, dev)
         cfg = dict(layer=_layer(layer), target=_target(target), method=method, bs=bs, mode=mode, threshold=threshold, min_area=min_area,
-                   topk=topk, min_prob=min_prob, confirm=confirm, save_maps=save_maps, tta=tta, **_truth_opts(truth))
+                   topk=topk, min_prob=min_prob, confirm=confirm, save_maps=save_maps, tta=tta, stability=stability, **_truth_opts(truth))
         try: cfg['dicom'] = dicom_config(dicom_codes, learn.model) if dicom_out or dicom_codes else None
         except (ImportError, ValueError) as e: raise CliError(f"fastcam run: --dicom-out: {e}")
         info = _begin(out, learn, files, cfg, force, model_identity(learn, learner, weights, arch, size), left_out, rank, world)
@@ -412,7 +417,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         process_files(learn, mine, out, cfg, progress and rank==0)
         _barrier()
         if rank: return 0
-        return _finish(out, files, learn, skipped, time.time()-t0, world, info, left_out, cfg.get('_truth'))
+        return _finish(out, files, learn, skipped, time.time()-t0, world, info, left_out, cfg.get('_truth'), _run_sanity(learn, out, files, sanity, cfg))
     finally:
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
@@ -428,8 +433,29 @@ def _drop_opt(argv, name):
         res.append(a)
     return res[1:] if res and res[0]=='run' else res
 
+# %% ../nbs/11_cli.ipynb #e3a1f0c3
+stability_min_corr = 0.5   # `fastcam run --stability` flags a map whose flip or shift correlation is below this
+
+def _stability_fields(learn, batch, res, cfg) -> list:
+    "Per file of `batch` (explained as `res`): the flip and shift agreement of its map and `unstable` (`fastcam.sanity.batch_stability`, before any --tta average)"
+    xb = _test_batch(learn, [o.item for o in batch])[1]
+    st = batch_stability(learn.model, xb, res.targets[:, :1].tolist(), cfg['layer'], cfg['method'], min_corr=stability_min_corr)
+    return [dict(flip_corr=float(r.flip_corr), shift_corr=float(r.shift_corr), unstable=bool(r.flag)) for r in st.itertuples()]
+
+def _run_sanity(learn, out, files, n:int, cfg) -> list:
+    "`sanity_check` of the run's method at each of its layers on the first `n` files of `files` explained without error: sanity.csv, and the summary's rows (None when off)"
+    path = Path(out)/'sanity.csv'
+    done = [f for f in files if (r := _record(out, f)) is not None and not r.get('error')][:n] if n > 0 else []
+    if not done: path.unlink(missing_ok=True); return None
+    try: sc = sanity_check(learn, done, methods=[cfg['method']], layers=several_layers(cfg['layer']) or [cfg['layer']], target=cfg['target'], progress=False)
+    except Exception as e:
+        print(f"fastcam run: --sanity failed, the run's outputs are written without it: {_one_line(e)}", file=sys.stderr)
+        path.unlink(missing_ok=True); return None
+    atomic_write(path, csv_safe(pd.DataFrame(sc)).to_csv(index=False))
+    return [dict(r, files=len(done)) for r in sc.summary().reset_index().to_dict('records')]
+
 # %% ../nbs/11_cli.ipynb #b6a21c15
-def _finish(out, files, learn, skipped, secs, world:int=1, info:dict=None, left_out=(), truth=None):
+def _finish(out, files, learn, skipped, secs, world:int=1, info:dict=None, left_out=(), truth=None, sanity:list=None):
     "Write the outputs from the records of `files` and the inputs `left_out` (unreadable ones are errors, the rest go to skipped.csv), evaluated against `truth` when given; print the summary; the exit code"
     recs = [json.loads(_record_path(out, f).read_text()) for f in files if _record_path(out, f).exists()]
     recs += [dict(file=o['file'], error=f"{o['file']}: {o['reason']}") for o in left_out if o['error']]
@@ -443,11 +469,12 @@ def _finish(out, files, learn, skipped, secs, world:int=1, info:dict=None, left_
         info['layers'] = sorted({str(r['layer']) for r in recs if r.get('layer')}); save_run_info(out, info)
     ev = evaluate_run(recs, vocab, truth) if truth is not None else None   # puts `iou` on every box
     atomic_write(Path(out)/'boxes.coco-results.json', json.dumps(coco_results_list(recs, vocab, truth)))
-    paths = write_outputs(out, recs, vocab, summary, info=info, truth=ev)
+    paths = write_outputs(out, recs, vocab, summary, info=info, truth=ev, sanity=sanity)
     if ev is not None:
         f = lambda v: 'n/a' if v is None else f"{v:.2f}"
         print(f"fastcam run: against {truth.path.name}: {ev['files']} files with truth, {ev['positives']} with a true box; pointing {f(ev['pointing'])}, "
               f"BoxAcc@0.5 {f(ev['box_acc'])}, COCO AP@0.5 {f(ev['coco_ap50'])}, AP@[.5:.95] {f(ev['coco_ap'])}" + (f" ({ev['coco_note']})" if ev['coco_note'] else ''))
+    for s in sanity or []: print(f"fastcam run: sanity check of {s['method']} at {s['layer']} on {s['files']} files: median Spearman {s['spearman']:.2f} -> {'passed' if s['passed'] else 'FAILED'} (see sanity.csv)")
     print(f"fastcam run: {summary['done']} done, {skipped} skipped (done before), {failed} failed, in {secs:.0f} s{f' by {world} processes' if world>1 else ''}; "
           + (f"{len(left)} inputs left out (see skipped.csv); " if len(left) else '') + f"report: {paths['report'].resolve()}")
     if not ok: raise CliError(f"fastcam run: no file could be explained ({failed} failed; see {paths['errors']})")

@@ -68,20 +68,26 @@ def _mm(r, b=None):
     "The mm columns of box `b` of record `r`: empty where the file has no pixel spacing (see `fastcam.dicom_out.record_mm`)"
     return dict(**{k: (b or {}).get(k) for k in ('width_mm', 'height_mm', 'area_mm2')}, spacing_source=r.get('spacing_source') or '')
 
+_stability_cols = ('flip_corr', 'shift_corr', 'unstable')
+
+def _stability(r):
+    "The stability columns of record `r` (a run with --stability, see `fastcam.sanity.batch_stability`); none otherwise"
+    return {k: r[k] for k in _stability_cols if k in r}
+
 def read_records(folder) -> list:
     "All records (dicts) in `folder`, sorted by file"
     recs = [json.loads(p.read_text()) for p in Path(folder).glob('*.json')]
     return sorted(recs, key=lambda r: r['file'])
 
 def boxes_table(records:list) -> pd.DataFrame:
-    "One row per box of every successful record (a row with an empty box and a `reason` for a file without one): file, class, prob, x0, y0, x1, y1, score, reason, width_mm, height_mm, area_mm2, spacing_source"
+    "One row per box of every successful record (a row with an empty box and a `reason` for a file without one): file, class, prob, x0, y0, x1, y1, score, reason, width_mm, height_mm, area_mm2, spacing_source (then, with --stability, flip_corr, shift_corr, unstable)"
     rows = []
     for r in records:
         if r.get('error'): continue
         bs = r.get('boxes') or [None]
         for b in bs:
-            if b is None: rows.append(dict(file=r['file'], **{'class': r['class']}, prob=r['prob'], reason=r.get('reason') or 'no region', **_mm(r)))
-            else: rows.append(dict(file=r['file'], **{'class': b['class']}, prob=b['prob'], x0=b['x0'], y0=b['y0'], x1=b['x1'], y1=b['y1'], score=b['score'], reason='', **_mm(r, b),
+            if b is None: rows.append(dict(file=r['file'], **{'class': r['class']}, prob=r['prob'], reason=r.get('reason') or 'no region', **_mm(r), **_stability(r)))
+            else: rows.append(dict(file=r['file'], **{'class': b['class']}, prob=b['prob'], x0=b['x0'], y0=b['y0'], x1=b['x1'], y1=b['y1'], score=b['score'], reason='', **_mm(r, b), **_stability(r),
                                    **{k: v for k,v in b.items() if k not in _cols}))   # further box fields (e.g. `iou` of a run with --truth) as columns
     df = pd.DataFrame(rows, columns=list(dict.fromkeys(_cols + [k for r in rows for k in r])))
     return df.astype({c: 'Int64' for c in ['x0','y0','x1','y1']})
@@ -135,7 +141,7 @@ function apply(){
   const cls=$('#f-pred').value,band=$('#f-band').value,box=$('#f-box').value,q=$('#f-text').value.toLowerCase();
   const [lo,hi]=band?band.split('-').map(Number):[0,2];let n=0;
   for(const c of cards()){const d=c.dataset,p=+d.p;
-    const ok=(!cls||d.pred===cls)&&p>=lo&&(p<hi||(hi>=1&&p<=1))&&(!box||(box==='box'?d.box==='1':box==='nobox'?d.box==='0':d.low==='1'))&&(!q||d.file.toLowerCase().includes(q));
+    const ok=(!cls||d.pred===cls)&&p>=lo&&(p<hi||(hi>=1&&p<=1))&&(!box||(box==='box'?d.box==='1':box==='nobox'?d.box==='0':box==='unstable'?d.unstable==='1':d.low==='1'))&&(!q||d.file.toLowerCase().includes(q));
     c.hidden=!ok;if(ok)n++;}
   $('#shown').textContent=n+' of '+cards().length+' files shown';}
 function sortBy(){const k=$('#f-sort').value,g=$('#g'),num=k==='p-'||k==='p+'||k==='iou+'||k==='iou-';
@@ -224,6 +230,7 @@ def _card(r, truth_files, low_prob) -> str:
     pp = r.get('pred_prob')
     low = pp is not None and float(pp) < low_prob
     tags = (["<span class='t lo'>unsure</span>"] if low else []) + ([f"<span class='t nb'>no box{': ' + _e(r['reason']) if r.get('reason') else ''}</span>"] if not bs else [])
+    if r.get('unstable'): tags.append(f"<span class='t lo' title='the map changes when the image is mirrored or shifted a few pixels'>unstable map: flip {_num(r['flip_corr'], '{:.2f}')}, shift {_num(r['shift_corr'], '{:.2f}')}</span>")
     if r.get('pred') is not None and str(r['pred']) != str(r['class']): tags.append("<span class='t wr'>explains a non-predicted class</span>")
     bx = '; '.join(f"{_e(b['class'])} ({b['x0']},{b['y0']})-({b['x1']},{b['y1']}) score {_num(b['score'], '{:.2f}')}"
                    + (f" {b['width_mm']:.1f} x {b['height_mm']:.1f} mm" if b.get('width_mm') is not None else '')
@@ -233,14 +240,14 @@ def _card(r, truth_files, low_prob) -> str:
     desc = f"{r['file']}: explained {r['class']} (probability {_num(r['prob'])})" + (f", predicted {r['pred']} ({_num(pp)})" if r.get('pred') is not None else '') + f"; {len(bs)} box{'es' if len(bs)!=1 else ''}"
     orig = r.get('original')
     toggle = f"<button type='button' onclick='flip(this)' aria-pressed='false'>show original</button>" if orig else ''
-    data = (f" data-p='{float(r['prob']):.6f}' data-pred='{_e(r.get('pred', ''))}' data-box='{int(bool(bs))}' data-low='{int(low)}'"
+    data = (f" data-p='{float(r['prob']):.6f}' data-pred='{_e(r.get('pred', ''))}' data-box='{int(bool(bs))}' data-low='{int(low)}' data-unstable='{int(bool(r.get('unstable')))}'"
             f" data-file='{_e(r['file'])}' data-iou='{'' if iou is None else f'{float(iou):.4f}'}' data-ov='{_url(r['overlay'])}' data-orig='{_url(orig) if orig else ''}' data-desc='{_e(desc)}'")
     return (f"<figure class='c'{data}><a href='{_url(r['overlay'])}'><img src='{_url(r['overlay'])}' alt='Overlay of {_e(desc)}' loading='lazy'></a>"
             f"<figcaption>{''.join(tags)}{'<br>' if tags else ''}{'predicted and ' if same else ''}explained <b>{_e(r['class'])}</b> {_num(r['prob'])}; {pred}{'IoU ' + _num(iou, '{:.2f}') + '; ' if iou is not None else ''}"
             f"<br>{bx}<br><span class='f'>{_e(r['file'])}</span><br>{toggle}</figcaption></figure>")
 
 # %% ../nbs/10_report.ipynb #c708346b
-def _controls(ok, has_iou) -> str:
+def _controls(ok, has_iou, has_stability:bool=False) -> str:
     "The gallery's filters, sort and view switch: form controls, so they work with the keyboard and screen readers"
     preds = sorted({str(r['pred']) for r in ok if r.get('pred') is not None})
     opt = lambda v,t: f"<option value='{_e(v)}'>{_e(t)}</option>"
@@ -249,7 +256,7 @@ def _controls(ok, has_iou) -> str:
     return ("<div class='bar' role='search' aria-label='Filter and sort the files'>"
             f"<span><label for='f-pred'>predicted class</label> <select id='f-pred'>{opt('', 'any')}{''.join(opt(p, p) for p in preds)}</select></span>"
             f"<span><label for='f-band'>target's probability</label> <select id='f-band'>{''.join(opt(v, t) for v,t in bands)}</select></span>"
-            f"<span><label for='f-box'>cases</label> <select id='f-box'>{opt('', 'all')}{opt('box', 'with a box')}{opt('nobox', 'no box (abstained)')}{opt('low', 'unsure prediction')}</select></span>"
+            f"<span><label for='f-box'>cases</label> <select id='f-box'>{opt('', 'all')}{opt('box', 'with a box')}{opt('nobox', 'no box (abstained)')}{opt('low', 'unsure prediction')}{opt('unstable', 'unstable map') if has_stability else ''}</select></span>"
             f"<span><label for='f-sort'>sort by</label> <select id='f-sort'>{''.join(opt(v, t) for v,t in sorts)}</select></span>"
             "<span><label for='f-text'>file</label> <input id='f-text' type='search' size='14' placeholder='part of a name'></span>"
             "<fieldset style='border:0;padding:0;margin:0'><legend style='float:left;font-weight:600;margin-right:.4em'>view</legend>"
@@ -257,37 +264,48 @@ def _controls(ok, has_iou) -> str:
             "<span id='shown' role='status' aria-live='polite'></span></div>")
 
 # %% ../nbs/10_report.ipynb #13336c57
+def _sanity_section(rows) -> str:
+    "The randomization sanity check of a run with --sanity: per method and layer, the median similarities over the cascade and whether it passed"
+    if not rows: return ''
+    body = [(r['method'], r['layer'], r.get('files', ''), float(r['spearman']), float(r['ssim']), float(r['hog']), 'passed' if r['passed'] else 'FAILED') for r in rows]
+    note = ("Adebayo et al.'s cascading randomization test: the model's blocks are re-initialised one at a time from the output down (on a copy) and each map is "
+            "compared with the trained model's. A method passes when its maps change, i.e. the median Spearman correlation is below 0.5; "
+            "a map that fails looks the same for a random model, so it shows the image rather than what the model learnt (see fastcam.sanity).")
+    return "<h2 id='sanity'>Sanity check</h2>" + _table(body, ['method', 'layer', 'files', 'median Spearman', 'median SSIM', 'median HOG', 'result'], caption=note)
+
 def report_html(records:list, title:str='fastcam report',
                 summary:dict=None, # Counts of this run (done, skipped, failed), shown under the title
                 info:dict=None, # The run's metadata (model file and sha256, layers, method, options, versions, date, command): rendered as given
                 truth:dict=None, # Ground-truth results: summary metrics and `per_file` {file: {'iou', 'boxes'}}
-                low_prob:float=0.6) -> str: # A prediction with a lower probability is flagged 'unsure'
+                low_prob:float=0.6, # A prediction with a lower probability is flagged 'unsure'
+                sanity:list=None) -> str: # `fastcam.sanity.SanityCheck.summary()` rows (method, layer, spearman, ssim, hog, passed) of a run with --sanity
     "One self-contained HTML page (no external scripts, styles or fonts): run metadata, class tables, ground truth, errors, and a gallery of the overlays to filter, sort and toggle to the originals"
     ok = [r for r in records if not r.get('error')]
     errs = [r for r in records if r.get('error')]
     per = (truth or {}).get('per_file') or {}
     ok = sorted(ok, key=lambda r: -float(r['prob']))
+    unstable = sum(bool(r.get('unstable')) for r in ok)
     nobox = sum(not r.get('boxes') for r in ok)
     unsure = sum(r.get('pred_prob') is not None and float(r['pred_prob']) < low_prob for r in ok)
-    counts = (f"{len(records)} files: {len(ok)} explained ({len(ok)-nobox} with a box, {nobox} without), {len(errs)} failed; {unsure} unsure predictions"
+    counts = (f"{len(records)} files: {len(ok)} explained ({len(ok)-nobox} with a box, {nobox} without), {len(errs)} failed; {unsure} unsure predictions" + (f"; {unstable} unstable maps" if any('unstable' in r for r in ok) else '')
               + ''.join(f"; {_e(k)} {_e(v)}" for k,v in (summary or {}).items()))
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width,initial-scale=1'>",
              f"<title>{_e(title)}</title><style>{_style}</style><script>{_script}</script></head><body><main>",
              f"<h1>{_e(title)}</h1><p>{counts}</p>",
-             "<div class='top'><section>" + _run_section(info) + "</section><section>" + _class_section(ok, low_prob) + _truth_section(truth, ok) + "</section></div>"]
+             "<div class='top'><section>" + _run_section(info) + "</section><section>" + _class_section(ok, low_prob) + _truth_section(truth, ok) + _sanity_section(sanity) + "</section></div>"]
     et = errors_table(records)   # failed files, and files whose DICOM outputs weren't written
     if len(et): parts.append("<h2 id='errors'>Errors</h2>" + _table(et.values.tolist(), ['file', 'error']))
     parts.append("<h2 id='gallery'>Gallery</h2><p class='note'>Each picture: the image (grayscale in bone) with the map over it, its opacity rising with the map's value "
                  "(0 to 1, see the colorbar), hatched where the model never saw the image, and the boxes with their scores (true boxes in white).</p>")
-    parts.append(_controls(ok, bool(per)) + "<div class='g' id='g'>" + ''.join(_card(r, per, low_prob) for r in ok) + "</div></main></body></html>")
+    parts.append(_controls(ok, bool(per), any('unstable' in r for r in ok)) + "<div class='g' id='g'>" + ''.join(_card(r, per, low_prob) for r in ok) + "</div></main></body></html>")
     return '\n'.join(parts)
 
 # %% ../nbs/10_report.ipynb #89bc8776
-def write_outputs(out, records:list, vocab:list, summary:dict=None, info:dict=None, truth:dict=None) -> dict:
+def write_outputs(out, records:list, vocab:list, summary:dict=None, info:dict=None, truth:dict=None, sanity:list=None) -> dict:
     "Write boxes.csv, boxes.coco.json, errors.csv and report.html into `out` from the records; return their paths"
     out = Path(out)
     paths = dict(boxes=atomic_write(out/'boxes.csv', csv_safe(boxes_table(records)).to_csv(index=False)),   # text that starts like a formula, quoted
                  coco=atomic_write(out/'boxes.coco.json', json.dumps(coco_results(records, vocab), indent=1)),
                  errors=atomic_write(out/'errors.csv', csv_safe(errors_table(records)).to_csv(index=False)),
-                 report=atomic_write(out/'report.html', report_html(records, summary=summary, info=info, truth=truth)))
+                 report=atomic_write(out/'report.html', report_html(records, summary=summary, info=info, truth=truth, sanity=sanity)))
     return paths

@@ -16,7 +16,8 @@ from fastprogress.fastprogress import progress_bar
 from .core import cam, find_layer, normalize_maps, upsample_maps, _as_batch, _model_device, _first_tensor, eval_mode, head_kind, out_probs, resolve_targets
 
 # %% auto #0
-__all__ = ['model_blocks', 'randomize_', 'map_similarity', 'saliency', 'SanityCheck', 'sanity_check', 'stability']
+__all__ = ['model_blocks', 'randomize_', 'map_similarity', 'saliency', 'SanityCheck', 'sanity_check', 'stability',
+           'batch_stability']
 
 # %% ../nbs/15_sanity.ipynb #894c2b66
 def _has_params(m): return next(m.parameters(), None) is not None
@@ -60,11 +61,11 @@ def map_similarity(a, # a normalised map `[H, W]` in 0..1
 
 # %% ../nbs/15_sanity.ipynb #331cd5e2
 def saliency(model:nn.Module, xb:Tensor, layer=None, method:str='gradcam', target=None) -> np.ndarray:
-    "Normalised maps `[B, H, W]` at the input's size: a CAM `method` at `layer`, or the input-space 'guided_backprop' / 'guided_gradcam'"
+    "Normalised maps `[B, H, W]` at the input's size: a CAM `method` at `layer` (several layers: their fused map), or the input-space 'guided_backprop' / 'guided_gradcam'"
     from fastcam.guided import GuidedBackprop, guided_gradcam, to_grayscale
     if method=='guided_backprop': m = to_grayscale(GuidedBackprop(model)(xb, target)[0][:,0])
     elif method=='guided_gradcam': m = to_grayscale(guided_gradcam(model, xb, layer, target)[:,0])
-    else: m = upsample_maps(normalize_maps(cam(model, xb, layer=layer, target=target, method=method).maps[:,:1]), xb.shape[-2:])[:,0]
+    else: m = upsample_maps(normalize_maps(cam(model, xb, layer=layer, target=target, method=method, fused=True).maps[:,:1]), xb.shape[-2:])[:,0]
     return m.detach().float().cpu().numpy()
 
 # %% ../nbs/15_sanity.ipynb #80ad18ae
@@ -156,7 +157,13 @@ def stability(learn, # a Learner (or a plain model, with `x` a preprocessed batc
               dls=None) -> pd.DataFrame:
     "Per item: the correlation of its map with its mirror image's map (mirrored back) and with its shifted copy's map (shifted back), and a `flag`"
     model,xb,vocab = _batch(learn, x, dls)
-    targets = _targets(model, xb, target, vocab)
+    return batch_stability(model, xb, _targets(model, xb, target, vocab), layer, method, shift, min_corr)
+
+def batch_stability(model:nn.Module, # the model; never changed
+                    xb:Tensor, # a preprocessed batch `[B, C, H, W]`
+                    targets:list, # the class of each item's map, `[[c], ...]`
+                    layer=None, method:str='gradcam', shift:int=4, min_corr:float=0.5) -> pd.DataFrame:
+    "`stability`'s work on a preprocessed batch and resolved classes (`fastcam run --stability` calls it on each batch): flip_corr, shift_corr, flag per item"
     B = len(xb)
     m = saliency(model, torch.cat([xb, xb.flip(-1), _shift(xb, shift)]), layer, method, targets*3)
     own,flip,moved = m[:B],m[B:2*B,:,::-1],m[2*B:]

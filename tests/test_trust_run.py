@@ -1,0 +1,105 @@
+"`fastcam run --stability` and `--sanity N` (issue 19): per-file flip/shift agreement in the records, boxes.csv and the report, checked against a hand computation on a hand-made model whose map is known; the sanity check's table and report section."
+from html.parser import HTMLParser
+import json
+import numpy as np, pandas as pd, pytest, torch
+from torch import nn
+from PIL import Image
+from fastcore.script import CliError
+from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, get_image_files, parent_label, RandomSplitter, Learner
+from fastcam import cli
+
+S = 4   # the shift `fastcam run --stability` uses (fastcam.sanity.batch_stability's default)
+
+class Bump(nn.Module):
+    "Adds `bias` times a fixed bump in the top-left corner of its input: a map that stays where it is when the image moves"
+    def __init__(self, bias): super().__init__(); self.bias = bias
+    def forward(self, x): return x + self.bias*_bump(x.shape[-2:]).to(x)
+
+def _bump(hw):
+    g = torch.zeros(*hw); g[2:14, 2:14] = 1.
+    return g
+
+def _bright(bias):
+    "Class 1's logit is the image's mean brightness: Grad-CAM at block 0 (1x1 convs, full resolution) is the image's gray level (+ `bias` x the bump)"
+    m = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), Bump(bias)), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        m[0][0].weight.fill_(1/3); m[0][0].bias.zero_(); m[3].weight.zero_(); m[3].weight[1].fill_(1/4); m[3].bias.zero_()
+    return m
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    "Six 64x64 RGB PNGs (a bright blob on a dim textured background, at different places), in class folders; exported learners of the two models"
+    root = tmp_path_factory.mktemp('trust')
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        a = rng.uniform(0, 50, (64, 64, 3))
+        y, x = rng.integers(8, 40, 2); a[y:y+16, x:x+20] += 180
+        d = root/'in'/('a' if i % 2 else 'b'); d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a.astype(np.uint8)).save(d/f'img{i}.png')
+    dls = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=get_image_files, get_y=parent_label,
+                    splitter=RandomSplitter(seed=0)).dataloaders(root/'in', bs=2, num_workers=0)
+    for name, bias in (('plain', 0.), ('bump', 3.)): Learner(dls, _bright(bias)).export(root/f'{name}.pkl')
+    return root, sorted((root/'in').rglob('*.png'))
+
+def _mm(m): return (m - m.min())/(m.max() - m.min())
+
+def _pearson(a, b): return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+def _expected(f, bias):
+    "By hand: the map is the min-max normalised gray level (+ bias x bump); the mirror image's map mirrored back, the shifted copy's map shifted back"
+    gray = np.asarray(Image.open(f).convert('RGB'), np.float64).mean(-1)/255
+    g = _bump(gray.shape).numpy().astype(np.float64)*bias
+    shifted = np.pad(gray, ((S, 0), (S, 0)), mode='edge')[:64, :64]     # the image moved S pixels right and down, edges repeated
+    own, flip, moved = _mm(gray + g), _mm(gray[:, ::-1] + g)[:, ::-1], _mm(shifted + g)
+    return _pearson(own[S:, S:-S], flip[S:, S:-S]), _pearson(own[:-S, :-S], moved[S:, S:])
+
+def _records(out): return {r['file']: r for r in map(json.loads, (p.read_text() for p in (out/'records').glob('*.json')))}
+
+@pytest.mark.parametrize('name, bias', [('plain', 0.), ('bump', 3.)])
+def test_stability_flags_equal_a_hand_computation(files, name, bias):
+    root, fs = files
+    out = root/f'out_{name}'
+    assert cli.run(str(root/f'{name}.pkl'), str(root/'in'), out=str(out), trust=True, layer='0', bs=4, stability=True, progress=False) == 0
+    recs, boxes = _records(out), pd.read_csv(out/'boxes.csv')
+    assert len(recs) == 6 and {'flip_corr', 'shift_corr', 'unstable'} <= set(boxes.columns)
+    for f in fs:
+        r, (fc, sc) = recs[str(f)], _expected(f, bias)
+        np.testing.assert_allclose([r['flip_corr'], r['shift_corr']], [fc, sc], atol=1e-4)
+        assert r['unstable'] == (fc < 0.5 or sc < 0.5)
+        rows = boxes[boxes.file == str(f)]
+        np.testing.assert_allclose(rows.flip_corr, r['flip_corr']); assert (rows.unstable == r['unstable']).all()
+    flags = [r['unstable'] for r in recs.values()]
+    if bias: assert all(flags) and max(r['flip_corr'] for r in recs.values()) < 0.5   # the bump stays put: the map doesn't follow the image
+    else: assert not any(flags) and min(r['flip_corr'] for r in recs.values()) > 0.99
+    html = (out/'report.html').read_text()
+    assert html.count('unstable map: flip') == sum(flags) and "value='unstable'" in html
+    with pytest.raises(CliError, match='other options'):   # a resume without --stability would mix records of other options
+        cli.run(str(root/f'{name}.pkl'), str(root/'in'), out=str(out), trust=True, layer='0', bs=4, progress=False)
+
+class _Tables(HTMLParser):
+    "The text of each <h2> and the cells of the table that follows it"
+    def __init__(self): super().__init__(); self.sections, self.h2, self.cell = {}, None, None
+    def handle_starttag(self, tag, attrs):
+        if tag == 'h2': self.h2 = dict(attrs).get('id'); self.sections[self.h2] = []
+        if tag in ('td', 'th') and self.h2: self.cell = ''
+    def handle_data(self, d):
+        if self.cell is not None: self.cell += d
+    def handle_endtag(self, tag):
+        if tag in ('td', 'th') and self.cell is not None: self.sections[self.h2].append(self.cell.strip()); self.cell = None
+
+def test_sanity_writes_its_table_and_report_section(files, capsys):
+    root, fs = files
+    out = root/'out_sanity'
+    assert cli.run(str(root/'plain.pkl'), str(root/'in'), out=str(out), trust=True, layer='0', sanity=4, progress=False) == 0
+    sc = pd.read_csv(out/'sanity.csv', dtype={'layer': str, 'step': str})
+    assert set(sc.method) == {'gradcam'} and set(sc.layer) == {'0'} and {'spearman', 'ssim', 'hog', 'step'} <= set(sc.columns)
+    # randomizing the 1x1 conv (step 2, input side last) gives random channel mixes of the image: compare with the table's own median rule
+    med = sc[sc.step != 'labels'].spearman.median()
+    p = _Tables(); p.feed((out/'report.html').read_text())
+    cells = p.sections['sanity']
+    head = ['method', 'layer', 'files', 'median Spearman', 'median SSIM', 'median HOG', 'result']
+    assert cells[:7] == head and cells[7:10] == ['gradcam', '0', '4']
+    assert float(cells[10]) == pytest.approx(med, abs=1e-3) and cells[13] == ('passed' if med < 0.5 else 'FAILED')
+    assert 'sanity check of gradcam at 0 on 4 files' in capsys.readouterr().out
+    assert cli.run(str(root/'plain.pkl'), str(root/'in'), out=str(out), trust=True, layer='0', progress=False) == 0   # not a run option: resumes
+    assert not (out/'sanity.csv').exists() and "id='sanity'" not in (out/'report.html').read_text()
