@@ -134,7 +134,7 @@ td,th{border:1px solid #bbb;padding:3px 9px;text-align:left;vertical-align:top}t
 .g{display:flex;flex-wrap:wrap;gap:12px;margin-top:.8em;align-items:flex-start}.c{width:min-content;font-size:13px;border:1px solid #ccc;padding:4px;margin:0;background:#fafafa}
 .c img{height:340px;width:auto;min-width:200px;max-width:90vw;display:block;background:#111}.c figcaption{padding:3px 2px}.c .f{word-break:break-all;color:#333}
 .t{font-size:11px;font-weight:700;padding:1px 5px;border-radius:3px;margin-right:3px;display:inline-block}
-.lo{background:#ffe08a}.nb{background:#d7d7d7}.wr{background:#f6b6b6}.ok{background:#b9e6b9}[hidden]{display:none!important}"""
+.lo{background:#ffe08a}.nb{background:#d7d7d7}.wr{background:#f6b6b6}.us{background:#f5c28e}.ok{background:#b9e6b9}[hidden]{display:none!important}"""
 
 _script = """const $=s=>document.querySelector(s),cards=()=>[...document.querySelectorAll('#g figure')];
 function apply(){
@@ -230,7 +230,7 @@ def _card(r, truth_files, low_prob) -> str:
     pp = r.get('pred_prob')
     low = pp is not None and float(pp) < low_prob
     tags = (["<span class='t lo'>unsure</span>"] if low else []) + ([f"<span class='t nb'>no box{': ' + _e(r['reason']) if r.get('reason') else ''}</span>"] if not bs else [])
-    if r.get('unstable'): tags.append(f"<span class='t lo' title='the map changes when the image is mirrored or shifted a few pixels'>unstable map: flip {_num(r['flip_corr'], '{:.2f}')}, shift {_num(r['shift_corr'], '{:.2f}')}</span>")
+    if r.get('unstable'): tags.append(f"<span class='t us' title='the map changes when the image is mirrored or shifted a few pixels'>unstable map: flip {_num(r['flip_corr'], '{:.2f}')}, shift {_num(r['shift_corr'], '{:.2f}')}</span>")
     if r.get('pred') is not None and str(r['pred']) != str(r['class']): tags.append("<span class='t wr'>explains a non-predicted class</span>")
     bx = '; '.join(f"{_e(b['class'])} ({b['x0']},{b['y0']})-({b['x1']},{b['y1']}) score {_num(b['score'], '{:.2f}')}"
                    + (f" {b['width_mm']:.1f} x {b['height_mm']:.1f} mm" if b.get('width_mm') is not None else '')
