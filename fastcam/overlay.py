@@ -55,8 +55,11 @@ def image_rgb(img, img_cmap:str='bone') -> np.ndarray:
     return cmap_lut(img_cmap)[a] if a.ndim==2 else a
 
 # %% ../nbs/18_overlay.ipynb #36d4000c
+_torch_modes = ('nearest', 'nearest-exact', 'bilinear', 'bicubic', 'area')
+
 def fit_map(m, hw, mode:str='bilinear') -> np.ndarray:
     "Map `m` `[h, w]` as a float array `[H, W]` (`hw`), stretched over it when its size differs; NaN (unseen) cells stay NaN"
+    if mode not in _torch_modes: mode = 'nearest' if mode in ('none', 'antialiased') else 'bicubic'   # matplotlib's smooth kernels (spline36, lanczos, ...): bicubic
     m = torch.as_tensor(m).detach().float().cpu()
     if m.ndim != 2: raise ValueError(f"a map to draw must be [h, w], not {tuple(m.shape)}")
     if tuple(m.shape) == tuple(hw): return m.numpy()
