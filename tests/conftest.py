@@ -49,3 +49,19 @@ def learn(dls):
 def xb(dls):
     "One validation batch of 8 images, preprocessed by the DataLoader"
     return dls.valid.one_batch()[0]
+
+def exported_dicom_learner(root, n:int=16, seed:int=1):
+    "`learn`: a tiny XResNet trained one epoch on `n` synthetic DICOMs in `root/'train'` (squished to 64 px) and exported to `root/'model.pkl'`, its weights in `root/'weights.pth'`"
+    from fastai.vision.all import DataBlock, CategoryBlock, ColReader, ColSplitter
+    from fastcam.synth import make_dicom_set
+    from fastcam.items import DicomBlock
+    from fastcam.cli import tiny_xresnet
+    df = make_dicom_set(root/'train', n=n, seed=seed)
+    dblock = DataBlock(blocks=(DicomBlock(), CategoryBlock), get_x=ColReader('file', pref=root/'train'), get_y=ColReader('label'),
+                       splitter=ColSplitter('is_valid'), item_tfms=Resize(64, method='squish'))
+    torch.manual_seed(0)
+    learn = vision_learner(dblock.dataloaders(df, bs=8, num_workers=0), tiny_xresnet, pretrained=False)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    learn.export(root/'model.pkl')
+    torch.save(learn.model.state_dict(), root/'weights.pth')
+    return learn

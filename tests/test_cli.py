@@ -3,6 +3,7 @@ import json, os, re, shutil, signal, socket, subprocess, sys, time
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
+from conftest import exported_dicom_learner
 import numpy as np, pandas as pd, pydicom, pytest, torch
 from PIL import Image
 from fastai.vision.all import DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, vision_learner
@@ -21,14 +22,7 @@ def _fastcam(*args, timeout=600):
 def setup(tmp_path_factory):
     "An exported tiny learner (briefly trained on synthetic DICOMs) and an input folder with good and bad files"
     root = tmp_path_factory.mktemp('cli')
-    df = make_dicom_set(root/'train', n=24, seed=1)
-    dblock = DataBlock(blocks=(DicomBlock(), CategoryBlock), get_x=ColReader('file', pref=root/'train'), get_y=ColReader('label'),
-                       splitter=ColSplitter('is_valid'), item_tfms=Resize(64, method='squish'))
-    torch.manual_seed(0)
-    learn = vision_learner(dblock.dataloaders(df, bs=8, num_workers=0), tiny_xresnet, pretrained=False)
-    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
-    learn.export(root/'model.pkl')
-    torch.save(learn.model.state_dict(), root/'weights.pth')
+    learn = exported_dicom_learner(root, n=24)
     inp = root/'in'
     make_dicom_set(inp/'dicom', n=60, seed=2, folder='sub')
     make_png_set(inp/'png', n=2, seed=3)

@@ -2,6 +2,7 @@
 import csv, json, os, re, shutil, signal, subprocess, sys, time, urllib.parse
 from html.parser import HTMLParser
 from pathlib import Path
+from conftest import exported_dicom_learner
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 from fastcore.script import CliError
@@ -19,14 +20,7 @@ FASTCAM = [EXE] if EXE else [sys.executable, '-m', 'fastcam.cli']
 def setup(tmp_path_factory):
     "Two exported tiny learners (the second differs in one weight), its weights, and a folder of 6 DICOMs and 2 PNGs"
     root = tmp_path_factory.mktemp('runs')
-    df = make_dicom_set(root/'train', n=16, seed=1)
-    dblock = DataBlock(blocks=(DicomBlock(), CategoryBlock), get_x=ColReader('file', pref=root/'train'), get_y=ColReader('label'),
-                       splitter=ColSplitter('is_valid'), item_tfms=Resize(64, method='squish'))
-    torch.manual_seed(0)
-    learn = vision_learner(dblock.dataloaders(df, bs=8, num_workers=0), tiny_xresnet, pretrained=False)
-    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
-    learn.export(root/'model.pkl')
-    torch.save(learn.model.state_dict(), root/'weights.pth')
+    learn = exported_dicom_learner(root, n=16)
     with torch.no_grad(): next(learn.model.parameters()).add_(0.01)
     learn.export(root/'model2.pkl')
     inp = root/'in'

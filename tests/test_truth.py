@@ -1,6 +1,7 @@
 "`fastcam run --truth` (issue 15 item 6): per-box iou against the true boxes, true boxes on the overlays, the COCO results list and COCO AP by pycocotools, checked against hand computations."
 import contextlib, io, json, os, shutil
 from pathlib import Path
+from conftest import exported_dicom_learner
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 from fastai.vision.all import DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, vision_learner
@@ -66,13 +67,7 @@ def test_coco_results_list_loads_and_cocoeval_ap50_equals_a_hand_ap(tmp_path):
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp('truth')
-    df = make_dicom_set(root/'train', n=16, seed=1)
-    dblock = DataBlock(blocks=(DicomBlock(), CategoryBlock), get_x=ColReader('file', pref=root/'train'), get_y=ColReader('label'),
-                       splitter=ColSplitter('is_valid'), item_tfms=Resize(64, method='squish'))
-    torch.manual_seed(0)
-    learn = vision_learner(dblock.dataloaders(df, bs=8, num_workers=0), tiny_xresnet, pretrained=False)
-    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
-    learn.export(root/'model.pkl')
+    learn = exported_dicom_learner(root, n=16)
     make_dicom_set(root/'in', n=8, seed=5)
     return root
 
