@@ -243,7 +243,7 @@ def _explain_batch(learn, batch, cfg) -> list:
                                score=float(r['score'])) for r in boxes[i]], reason='' if boxes[i] else reasons[i] or 'no region')
         record_mm(rec)   # box sizes in mm from the file's PixelSpacing or ImagerPixelSpacing (fastcam.dicom_out)
         if stable: rec.update(stable[i])   # flip_corr, shift_corr, unstable (--stability)
-        jobs.append(_Job(o, with_unseen(mos[i][0], res.geometry), f"{vocab[c]} {float(res.probs[i,c]):.2f}", boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab,
+        jobs.append(_Job(o, with_unseen(mos[i][0], res.geometry), f"{vocab[c]} p={float(res.probs[i,c]):.2f}", boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab,
                          cfg['_truth'].boxes(o.file, res.orig_sizes[i]) if cfg.get('_truth') else None))
     return jobs
 

@@ -161,7 +161,7 @@ def _draw_boxes(im, boxes, s, colors, lw, f, truth=False):
         d.rectangle(b, outline='black', width=lw+2)
         d.rectangle([b[0]+1, b[1]+1, b[2]-1, b[3]-1], outline=c, width=lw)
         if truth: txt = f"truth {r.get('label', r.get('class', '')) or ''}".strip() + (f" IoU {float(r['iou']):.2f}" if r.get('iou') is not None else '')
-        else: txt = f"{r.get('label', r.get('class'))} {float(r['score']):.2f}" if r.get('score') is not None else str(r.get('label', r.get('class')))
+        else: txt = f"{r.get('label', r.get('class'))} score {float(r['score']):.2f}" if r.get('score') is not None else str(r.get('label', r.get('class')))
         w,h = _text_wh(d, txt, f)
         pad = max(2, f.size//6)
         x,y = label_xy(b if not truth else (b[0], b[3] + h + 3*pad, b[2], b[3]), (w, h), (W, H), pad)
