@@ -13,7 +13,7 @@ from scipy.stats import spearmanr, pearsonr
 from skimage.metrics import structural_similarity
 from skimage.feature import hog
 from fastprogress.fastprogress import progress_bar
-from .core import cam, find_layer, normalize_maps, upsample_maps, _as_batch, _model_device, _first_tensor, eval_mode, head_kind, out_probs, resolve_targets
+from .core import cam, find_layer, several_layers, normalize_maps, upsample_maps, _as_batch, _model_device, _first_tensor, eval_mode, head_kind, out_probs, resolve_targets
 
 # %% auto #0
 __all__ = ['model_blocks', 'randomize_', 'map_similarity', 'saliency', 'SanityCheck', 'sanity_check', 'stability',
@@ -116,14 +116,14 @@ def sanity_check(learn, # a Learner (or a plain model, with `x` a preprocessed b
     "Adebayo et al.'s cascading model-parameter randomization test (and, with `train_fn`, the data randomization test) on a copy of the model"
     model,xb,vocab = _batch(learn, x, dls)
     targets = _targets(model, xb, target, vocab)
-    names = {l: find_layer(model, l, xb)[0] for l in map(_key, layers)}
+    names = dict(_layer_name(model, l, xb) for l in layers)
     blocks = list(blocks or model_blocks(model))
     ref = {(m,l): saliency(model, xb, names[l], m, targets) for m in methods for l in names}
     rows = []
     def compare(mdl, step, what):
         for (m,l),r in ref.items():
             s = pd.DataFrame([map_similarity(a, b) for a,b in zip(r, saliency(mdl, xb, names[l], m, targets))]).mean()
-            rows.append(dict(method=m, layer=names[l], step=step, randomized=what, **s.to_dict()))
+            rows.append(dict(method=m, layer=l, step=step, randomized=what, **s.to_dict()))
     rnd = copy.deepcopy(model)
     steps = list(enumerate(reversed(blocks), 1))
     for k,b in (progress_bar(steps, leave=False) if progress else steps):
@@ -137,7 +137,12 @@ def sanity_check(learn, # a Learner (or a plain model, with `x` a preprocessed b
     res.max_similarity = max_similarity
     return res
 
-def _key(l): return tuple(l) if isinstance(l, list) else l
+def _layer_name(model, layer, xb) -> tuple:
+    "`(label, layer as cam takes it)`: a dotted name; several layers (a fused map) become their names and the label 'fused(a + b)', as evaluate_cams labels them"
+    ls = several_layers(layer)
+    if not ls: return (n := find_layer(model, layer, xb)[0]),n
+    ns = [find_layer(model, l, xb)[0] for l in ls]
+    return f"fused({' + '.join(ns)})",ns
 
 # %% ../nbs/15_sanity.ipynb #76429648
 def _shift(x:Tensor, s:int) -> Tensor:
