@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch, torch.nn.functional as F
 from torch import nn, Tensor
 from fastcore.basics import store_attr
-from .core import eval_mode, _as_batch, _model_device, _first_tensor, _probs_targets, _grads, CamSession, cam_result, upsample_maps
+from .core import eval_mode, _as_batch, _to_model, pick_output, _probs_targets, _grads, CamSession, cam_result, upsample_maps
 
 # %% auto #0
 __all__ = ['GuidedBackprop', 'guided_gradcam', 'min_max_scale', 'to_grayscale']
@@ -39,23 +39,30 @@ class GuidedBackprop:
     "Guided Backprop gradients of `model`'s class scores w.r.t. its input, `[B,T,C,H,W]`"
     def __init__(self, model:nn.Module, act_cls=nn.ReLU): store_attr()
 
-    def __call__(self, xb:Tensor, target=None, vocab=None, multi_label:bool=False) -> tuple:
+    def __call__(self, xb:Tensor,
+                 target=None, # a class, several, 'all', or a score function f(output) -> [B] / 'increase' / 'decrease' (as in `cam`)
+                 vocab=None, multi_label:bool=False,
+                 output=None) -> tuple: # which output of a model that returns several (a position or key, as in `cam`); None: the first
         "`(grads [B,T,C,H,W], targets [B,T], probs)` for `target` (as in `cam`)"
-        xb = _as_batch(xb).to(_model_device(self.model, xb))
+        xb = _to_model(self.model, _as_batch(xb))
         x = xb.detach().clone().requires_grad_()
         with eval_mode(self.model), _Guide(self.model, self.act_cls), torch.enable_grad():
-            return _input_grads(_first_tensor(self.model(x)), x, target, vocab, multi_label)
+            return _input_grads(pick_output(self.model(x), output), x, target, vocab, multi_label)
 
 # %% ../nbs/03_guided.ipynb #24539604
-def guided_gradcam(model:nn.Module, xb:Tensor, layer=None, target=None, vocab=None, multi_label:bool=False) -> Tensor:
+def guided_gradcam(model:nn.Module, xb:Tensor, layer=None,
+                   target=None, # a class, several, 'all', or a score function f(output) -> [B] / 'increase' / 'decrease' (as in `cam`)
+                   vocab=None, multi_label:bool=False,
+                   output=None, # which output of a model that returns several (a position or key, as in `cam`); None: the first
+                   tokens:int=None, grid:tuple=None) -> Tensor: # how a token or channels-last layer becomes a map (as in `cam`)
     "Guided Backprop times the upsampled Grad-CAM map of the same targets: `[B,T,C,H,W]`"
-    xb = _as_batch(xb).to(_model_device(model, xb))
+    xb = _to_model(model, _as_batch(xb))
     x = xb.detach().clone().requires_grad_()
-    with CamSession(model, [layer], xb=xb) as s, _Guide(model) as guide, torch.enable_grad():
-        out = _first_tensor(model(x))
-        gb,targets,probs = _input_grads(out, x, target, vocab, multi_label, retain_graph=True)
+    with CamSession(model, [layer], xb=xb, tokens=tokens, grid=grid, output=output) as s, _Guide(model) as guide, torch.enable_grad():
+        o = model(x)
+        gb,targets,probs = _input_grads(pick_output(o, output), x, target, vocab, multi_label, retain_graph=True)
         guide.on = False
-        _,(g,) = s.gather(out, vocab=vocab, multi_label=multi_label, xb=xb, targets=targets)
+        _,(g,) = s.gather(o, target, vocab=vocab, multi_label=multi_label, xb=xb, targets=targets)
     gc = cam_result('gradcam', g, probs, vocab)
     up = upsample_maps(gc.maps.relu(), xb.shape[-2:]).to(gb.device)
     return gb * up[:,:,None]

@@ -15,7 +15,7 @@ from scipy import ndimage
 from skimage.measure import label
 from torchvision.transforms.functional import gaussian_blur
 from fastprogress.fastprogress import progress_bar
-from .core import eval_mode, head_kind, out_probs, _as_batch, _model_device, _first_tensor
+from .core import eval_mode, head_kind, out_probs, _as_batch, _model_device, pick_output, score_target
 
 # %% auto #0
 __all__ = ['box_thresholds', 'as_boxes', 'box_area', 'box_intersection', 'box_iou', 'box_iobb', 'pointing_hits', 'pointing_game',
@@ -298,28 +298,36 @@ def pxap(maps, # maps at original resolution: a list of `[H_i, W_i]` (NaN = unse
     return 100*(torch.diff(rec, prepend=rec.new_zeros(1))*prec).sum().item()
 
 # %% ../nbs/09_metrics.ipynb #3163ccef
-def _class_probs(out, activation):
-    "Probabilities `[B, n_classes]` from model outputs"
-    out = _first_tensor(out).float()
+def _score_values(s:Tensor, activation) -> Tensor:
+    "What the metrics read of a score target's scores `[B]`: the score itself ('auto' or None), its sigmoid, or a function of it"
+    if activation is None or (isinstance(activation, str) and activation=='auto'): return s
+    if isinstance(activation, str) and activation=='sigmoid': return torch.sigmoid(s)
+    if callable(activation): return activation(s)
+    raise ValueError(f"activation={activation!r} with a score target: a score is one number per item, with no classes to take a softmax over; use 'auto' (the score as it is), 'sigmoid' (the probability of a logit) or a function of the scores")
+
+def _class_probs(out, activation, output=None, score=None):
+    "What the metrics read of model outputs: class probabilities `[B, n_classes]`, or for a `score` target (`ScoreTarget`) its values `[B, 1]`"
+    out = pick_output(out, output).float()
+    if score is not None: return _score_values(score(out), activation)[:,None]
     if callable(activation): return activation(out)
     if activation is None: return out
     if activation=='auto': activation = head_kind(out)
     if activation not in ('softmax', 'sigmoid', 'binary'): raise ValueError(f"unknown activation '{activation}': use 'auto', 'softmax', 'sigmoid', 'binary', None or a function")
     return out_probs(out, activation)
 
-def _probs_in_chunks(model, n, make, activation, batch_size, progress=False):
-    "Probabilities `[n, n_classes]` of the `n` inputs that `make(start, stop)` builds, `batch_size` at a time"
+def _probs_in_chunks(model, n, make, read, batch_size, progress=False):
+    "What `read` takes of the outputs `[n, K]` of the `n` inputs that `make(start, stop)` builds, `batch_size` at a time"
     if batch_size < 1: raise ValueError(f"batch_size={batch_size}: use a positive number")
     starts = range(0, n, batch_size)
     res = []
     with torch.no_grad(), eval_mode(model):
         for s in (progress_bar(starts, leave=False) if progress else starts):
-            res.append(_class_probs(model(make(s, min(s+batch_size, n))), activation).float().cpu())
+            res.append(read(model(make(s, min(s+batch_size, n)))).float().cpu())
     return torch.cat(res)
 
 # %% ../nbs/09_metrics.ipynb #93680859
-def _pairs(model, xb, maps, targets, activation, batch_size):
-    "`(xb, probs on xb, items [P], classes [P], maps [P, H, W], keep [B, T], flat)` for every (item, target) pair"
+def _pairs(model, xb, maps, targets, activation, batch_size, output=None):
+    "`(xb, values on xb, items [P], columns [P], maps [P, H, W], keep [B, T], flat, read)` for every (item, target) pair; `read` takes the values of model outputs"
     xb = _as_batch(xb)
     xb = xb.to(_model_device(model, xb))
     maps = torch.as_tensor(maps).detach().float().to(xb.device)
@@ -327,7 +335,12 @@ def _pairs(model, xb, maps, targets, activation, batch_size):
     if flat: maps = maps[:,None]
     if maps.ndim!=4 or len(maps)!=len(xb): raise ValueError(f"maps must be [B, H, W] or [B, T, H, W] for a batch of {len(xb)}, got shape {tuple(maps.shape)}")
     if maps.shape[-2:]!=xb.shape[-2:]: raise ValueError(f"maps are {tuple(maps.shape[-2:])} but the input is {tuple(xb.shape[-2:])}; upsample them to the input first (CamResult.upsampled())")
-    probs = _probs_in_chunks(model, len(xb), lambda s,e: xb[s:e], activation, batch_size)
+    st = score_target(targets)
+    read = lambda o: _class_probs(o, activation, output, st)
+    probs = _probs_in_chunks(model, len(xb), lambda s,e: xb[s:e], read, batch_size)
+    if st is not None:
+        if maps.shape[1]!=1: raise ValueError(f"target '{st.name}' is one score per item, but maps has {maps.shape[1]} per item; give one map per item [B, H, W]")
+        targets = torch.zeros(len(xb), dtype=torch.long)
     if targets is None:
         if maps.shape[1]!=1: raise ValueError("targets=None explains the predicted class, one map per item; pass targets [B, T] with several maps per item")
         targets = probs.argmax(1)
@@ -336,7 +349,7 @@ def _pairs(model, xb, maps, targets, activation, batch_size):
     if (t >= probs.shape[1]).any(): raise IndexError(f"a target is out of range: the model has {probs.shape[1]} classes")
     keep = t>=0
     bi,ti = keep.nonzero(as_tuple=True)
-    return xb,probs,bi,t[bi,ti],maps[bi.to(maps.device),ti.to(maps.device)],keep,flat
+    return xb,probs,bi,t[bi,ti],maps[bi.to(maps.device),ti.to(maps.device)],keep,flat,read
 
 def _unpair(v, keep, flat):
     "Per-pair values `[P, ...]` back to `[B, T, ...]` (NaN for padding), or `[B, ...]` for one map per item"
@@ -345,21 +358,30 @@ def _unpair(v, keep, flat):
     return out[:,0] if flat else out
 
 # %% ../nbs/09_metrics.ipynb #a8ad6d4a
+def _relative_drop(Y:Tensor, O:Tensor, score) -> Tensor:
+    "`max(0, Y-O)/Y` in %: 0 where a probability `Y` is 0; NaN where a `score` target's `Y` is not positive (a relative drop of it has no meaning)"
+    if score is None: return 100*_div0((Y-O).clamp(min=0), Y)
+    return torch.where(Y>0, 100*(Y-O).clamp(min=0)/Y.where(Y>0, torch.ones_like(Y)), torch.full_like(Y, float('nan')))
+
 def average_drop_increase(model:nn.Module, # the classifier
                           xb:Tensor, # the input batch `[B, C, H, W]`, as the model takes it
                           maps:Tensor, # `[B, H, W]` or `[B, T, H, W]` at the input's size, in 0..1
-                          targets=None, # classes `[B]` or `[B, T]` (-1 = padding); None: the predicted class
-                          activation='auto', # 'auto', 'softmax', 'sigmoid', 'binary', None (outputs as given) or a function
+                          targets=None, # classes `[B]` or `[B, T]` (-1 = padding); None: the predicted class; or a score, as `cam`'s `target`: a function f(output) -> [B], 'increase' or 'decrease'
+                          activation='auto', # 'auto', 'softmax', 'sigmoid', 'binary', None (outputs as given) or a function; for a score: 'auto' or None (the score itself), 'sigmoid' or a function of the scores
                           batch_size:int=64, # masked images per forward
-                          reduce:bool=True): # the two means, or the per-map values (NaN for padding)
-    "`(average_drop, increase_in_confidence)` in %: the relative drop of the class's probability when the image is multiplied by the map, and how often it rises"
-    xb,probs,bi,cls,m,keep,flat = _pairs(model, xb, maps, targets, activation, batch_size)
+                          reduce:bool=True, # the two means, or the per-map values (NaN for padding)
+                          output=None): # which output of a model that returns several (a position or key, as `cam`'s); None: the first
+    "`(average_drop, increase_in_confidence)` in %: the relative drop of the target's probability (or score) when the image is multiplied by the map, and how often it rises"
+    xb,probs,bi,cls,m,keep,flat,read = _pairs(model, xb, maps, targets, activation, batch_size, output)
     if len(m) and (m.min() < 0 or m.max() > 1): raise ValueError(f"maps must lie in 0..1 (they range over {m.min().item():.3g}..{m.max().item():.3g}); normalise them first (CamResult.upsampled())")
     Y = probs[bi, cls].double()
-    O = _probs_in_chunks(model, len(bi), lambda s,e: xb[bi[s:e]]*m[s:e,None].to(xb.dtype), activation, batch_size)[torch.arange(len(bi)), cls].double()
-    drop,inc = 100*_div0((Y-O).clamp(min=0), Y),100*(Y<O).double()
-    if reduce: return drop.mean().item(),inc.mean().item()
-    return _unpair(drop, keep, flat),_unpair(inc, keep, flat)
+    O = _probs_in_chunks(model, len(bi), lambda s,e: xb[bi[s:e]]*m[s:e,None].to(xb.dtype), read, batch_size)[torch.arange(len(bi)), cls].double()
+    st = score_target(targets)
+    drop,inc = _relative_drop(Y, O, st),100*(Y<O).double()
+    if not reduce: return _unpair(drop, keep, flat),_unpair(inc, keep, flat)
+    if st is not None and len(drop) and drop.isnan().all():
+        raise ValueError(f"average drop of target '{st.name}' is undefined: its score is not positive on any item (a relative drop needs a positive score); pass activation='sigmoid' for the probability of a logit, or use deletion_auc")
+    return drop.nanmean().item(),inc.mean().item()
 
 # %% ../nbs/09_metrics.ipynb #9c46c8d1
 def blur(xb:Tensor, kernel_size:int=11, sigma:float=5.) -> Tensor:
@@ -377,17 +399,18 @@ def _baseline(baseline, xb):
 def perturbation_curves(model:nn.Module, # the classifier
                         xb:Tensor, # the input batch `[B, C, H, W]`
                         maps:Tensor, # `[B, H, W]` or `[B, T, H, W]` at the input's size (only their order matters)
-                        targets=None, # classes `[B]` or `[B, T]` (-1 = padding); None: the predicted class
+                        targets=None, # classes `[B]` or `[B, T]` (-1 = padding); None: the predicted class; or a score function f(output) -> [B], 'increase' or 'decrease' (see `average_drop_increase`)
                         mode:str='deletion', # 'deletion' or 'insertion'
                         n_steps:int=50, # steps from the start to the end image
                         baseline=None, # None (zeros for deletion, 'blur' for insertion), 'zeros', 'blur', a tensor or a function of `xb`
                         activation='auto', # how outputs become probabilities (see `average_drop_increase`)
                         batch_size:int=64, # perturbed images per forward
-                        progress:bool=True) -> tuple: # show a progress bar
-    "`(fractions [n_steps+1], probs [B(, T), n_steps+1])`: the class's probability as the top-ranked pixels are deleted or inserted"
+                        progress:bool=True, # show a progress bar
+                        output=None) -> tuple: # which output of a model that returns several (see `average_drop_increase`)
+    "`(fractions [n_steps+1], probs [B(, T), n_steps+1])`: the class's probability (or the target's score) as the top-ranked pixels are deleted or inserted"
     if mode not in ('deletion', 'insertion'): raise ValueError(f"unknown mode '{mode}': use 'deletion' or 'insertion'")
     if n_steps < 1: raise ValueError(f"n_steps={n_steps}: use at least 1")
-    xb,_,bi,cls,m,keep,flat = _pairs(model, xb, maps, targets, activation, batch_size)
+    xb,_,bi,cls,m,keep,flat,read = _pairs(model, xb, maps, targets, activation, batch_size, output)
     base = _baseline(baseline if baseline is not None else ('zeros' if mode=='deletion' else 'blur'), xb)
     start,end = (xb,base) if mode=='deletion' else (base,xb)
     B,C,H,W = xb.shape
@@ -400,7 +423,7 @@ def perturbation_curves(model:nn.Module, # the classifier
         p,k = j//S,j%S
         sel = (rank[p] < counts[k][:,None])[:,None]
         return torch.where(sel, end[items[p]].flatten(2), start[items[p]].flatten(2)).reshape(-1, C, H, W)
-    probs = _probs_in_chunks(model, len(bi)*S, make, activation, batch_size, progress)
+    probs = _probs_in_chunks(model, len(bi)*S, make, read, batch_size, progress)
     p = probs[torch.arange(len(probs)), cls.repeat_interleave(S)].reshape(len(bi), S)
     return counts.double().cpu()/(H*W),_unpair(p.double(), keep, flat)
 
@@ -408,21 +431,21 @@ def curve_auc(fractions:Tensor, probs:Tensor) -> Tensor:
     "Area under each curve `probs [..., S]` over `fractions [S]`, by the trapezoid rule"
     return torch.trapezoid(probs, fractions, dim=-1)
 
-def _auc(mode, model, xb, maps, targets, n_steps, baseline, activation, batch_size, progress, reduce):
-    f,p = perturbation_curves(model, xb, maps, targets, mode, n_steps, baseline, activation, batch_size, progress)
+def _auc(mode, model, xb, maps, targets, n_steps, baseline, activation, batch_size, progress, reduce, output):
+    f,p = perturbation_curves(model, xb, maps, targets, mode, n_steps, baseline, activation, batch_size, progress, output)
     a = curve_auc(f, p)
     return a[~a.isnan()].mean().item() if reduce else a
 
 # %% ../nbs/09_metrics.ipynb #1d413dca
 def deletion_auc(model:nn.Module, xb:Tensor, maps:Tensor, targets=None, n_steps:int=50, baseline='zeros', activation='auto',
-                 batch_size:int=64, progress:bool=True, reduce:bool=True):
-    "Deletion AUC (RISE), lower is better: the mean area under the probability curve as the top-ranked pixels become `baseline`; per map when `reduce=False`"
-    return _auc('deletion', model, xb, maps, targets, n_steps, baseline, activation, batch_size, progress, reduce)
+                 batch_size:int=64, progress:bool=True, reduce:bool=True, output=None):
+    "Deletion AUC (RISE), lower is better: the mean area under the probability (or score) curve as the top-ranked pixels become `baseline`; per map when `reduce=False`"
+    return _auc('deletion', model, xb, maps, targets, n_steps, baseline, activation, batch_size, progress, reduce, output)
 
 def insertion_auc(model:nn.Module, xb:Tensor, maps:Tensor, targets=None, n_steps:int=50, baseline='blur', activation='auto',
-                  batch_size:int=64, progress:bool=True, reduce:bool=True):
-    "Insertion AUC (RISE), higher is better: the mean area under the probability curve as the top-ranked pixels are put back into `baseline`; per map when `reduce=False`"
-    return _auc('insertion', model, xb, maps, targets, n_steps, baseline, activation, batch_size, progress, reduce)
+                  batch_size:int=64, progress:bool=True, reduce:bool=True, output=None):
+    "Insertion AUC (RISE), higher is better: the mean area under the probability (or score) curve as the top-ranked pixels are put back into `baseline`; per map when `reduce=False`"
+    return _auc('insertion', model, xb, maps, targets, n_steps, baseline, activation, batch_size, progress, reduce, output)
 
 # %% ../nbs/09_metrics.ipynb #r0ad0002
 _road_weights = ((-1, -1, 1/12), (-1, 0, 1/6), (-1, 1, 1/12), (0, -1, 1/6), (0, 1, 1/6), (1, -1, 1/12), (1, 0, 1/6), (1, 1, 1/12))
@@ -467,26 +490,27 @@ def _road_remove(m:np.ndarray, f:float, most:bool) -> Tensor:
 def road_curves(model:nn.Module, # the classifier
                 xb:Tensor, # the input batch `[B, C, H, W]`
                 maps:Tensor, # `[B, H, W]` or `[B, T, H, W]` at the input's size, in 0..1
-                targets=None, # classes `[B]` or `[B, T]` (-1 = padding); None: the predicted class
+                targets=None, # classes `[B]` or `[B, T]` (-1 = padding); None: the predicted class; or a score function f(output) -> [B], 'increase' or 'decrease' (see `average_drop_increase`)
                 fractions=(.1, .2, .3, .4, .5, .6, .7, .8, .9), # shares of the pixels removed
                 noise:float=0.01, # sd of the imputation noise (Rong et al.: 0.01); 0 for none
                 seed:int=0, # seeds the noise: the same call gives the same numbers
-                activation='auto', batch_size:int=64, progress:bool=True) -> tuple:
-    "`(morf, lerf)`: the class's probability `[B(, T), len(fractions)]` after ROAD removes the most / least relevant pixels"
-    xb,_,bi,cls,m,keep,flat = _pairs(model, xb, maps, targets, activation, batch_size)
+                activation='auto', batch_size:int=64, progress:bool=True,
+                output=None) -> tuple: # which output of a model that returns several (see `average_drop_increase`)
+    "`(morf, lerf)`: the class's probability (or the target's score) `[B(, T), len(fractions)]` after ROAD removes the most / least relevant pixels"
+    xb,_,bi,cls,m,keep,flat,read = _pairs(model, xb, maps, targets, activation, batch_size, output)
     g = torch.Generator().manual_seed(seed)
     mn = m.detach().cpu().double().numpy()
     F = len(fractions)
     imgs = [impute_linear(xb[b].cpu(), _road_remove(mn[p], f, most), noise, g) for most in (True, False)
             for p,b in enumerate(bi.tolist()) for f in fractions]
-    probs = _probs_in_chunks(model, len(imgs), lambda s,e: torch.stack(imgs[s:e]).to(xb), activation, batch_size, progress)
+    probs = _probs_in_chunks(model, len(imgs), lambda s,e: torch.stack(imgs[s:e]).to(xb), read, batch_size, progress)
     p = probs[torch.arange(len(probs)), cls.repeat(2).repeat_interleave(F)].double().reshape(2, len(bi), F)
     return _unpair(p[0], keep, flat),_unpair(p[1], keep, flat)
 
 def road(model:nn.Module, xb:Tensor, maps:Tensor, targets=None, fractions=(.1, .2, .3, .4, .5, .6, .7, .8, .9), noise:float=0.01,
-         seed:int=0, activation='auto', batch_size:int=64, progress:bool=True, reduce:bool=True):
-    "ROAD score, higher is better: the mean over `fractions` of (LeRF - MoRF) / 2 of the class probability; per map when `reduce=False`"
-    morf,lerf = road_curves(model, xb, maps, targets, fractions, noise, seed, activation, batch_size, progress)
+         seed:int=0, activation='auto', batch_size:int=64, progress:bool=True, reduce:bool=True, output=None):
+    "ROAD score, higher is better: the mean over `fractions` of (LeRF - MoRF) / 2 of the class probability (or the target's score); per map when `reduce=False`"
+    morf,lerf = road_curves(model, xb, maps, targets, fractions, noise, seed, activation, batch_size, progress, output)
     s = ((lerf - morf)/2).mean(-1)
     return s[~s.isnan()].mean().item() if reduce else s
 
@@ -640,7 +664,7 @@ def evaluate_cams(learn, items:list, # the Learner, and the files to explain
                   gt:dict, # file (path or name) -> boxes `[K, 4]` in original pixels, or a mask `[H, W]`
                   methods=('gradcam',), # method names
                   layers=(None,), # layers (None: the default one)
-                  target=None, # the class explained: None (predicted), a class name or index (e.g. the finding's class)
+                  target=None, # what is explained: None (the predicted class), a class name or index (e.g. the finding's class), or a score as `cam` takes it (a function f(output) -> [B], 'increase', 'decrease')
                   tolerance:float=15, # pointing game tolerance in pixels
                   thresholds=0.01, # CAM thresholds for MaxBoxAcc, PxAP
                   faithfulness:bool=True, # also Average Drop / Increase in Confidence
@@ -648,18 +672,20 @@ def evaluate_cams(learn, items:list, # the Learner, and the files to explain
                   relu:bool=True, # ReLU before the min-max normalisation; False as wsolevaluation's pipeline (negative evidence kept)
                   protocol:str='fastcam', # for MaxBoxAcc(V2) and PxAP: 'fastcam' or 'wsol' (`fastcam.protocols`)
                   extra=(), # more, by name: 'road' (ROAD; 18 imputed images per map), 'sanity' (the randomization check on up to 8 items)
+                  output=None, # which output of a model that returns several (a position or key, as `cam`'s); None: the first
                   ) -> CamEvaluation:
     "One row per method x layer: localization (and faithfulness) metrics of the maps of `items` against `gt`"
     from fastprogress.fastprogress import progress_bar
-    from fastcam.core import learner_cam, upsample_maps
+    from fastcam.core import learner_cam, upsample_maps, _learner_target
     items,extra = list(items),set([extra] if isinstance(extra, str) else extra)
     if extra - {'road', 'sanity'}: raise ValueError(f"unknown extra metrics {sorted(extra - {'road', 'sanity'})}: use 'road' and/or 'sanity'")
     g = [_gt_for(gt, f) for f in items]
     masks = [x if _is_mask(x) else None for x in g]
     boxes = [None if x is None else mask_to_boxes(x) if _is_mask(x) else as_boxes(x) for x in g]
+    score = score_target(_learner_target(learn, target))   # a score target: the metrics measure its score, as the maps explain it
     rows = []
     for method,layer in progress_bar([(m,l) for m in methods for l in layers]):
-        res,name = _fused_or_one(learner_cam(learn, items, layer, target, method, bs=bs))
+        res,name = _fused_or_one(learner_cam(learn, items, layer, target, method, bs=bs, output=output))
         omaps = [res.original_maps(i, fill=float('nan'), normalize=relu)[0] for i in range(len(items))]
         r = dict(method=method, layer=name)
         if any(b is not None and len(b) for b in boxes):
@@ -669,12 +695,14 @@ def evaluate_cams(learn, items:list, # the Learner, and the files to explain
         if any(m is not None for m in masks):
             sel = [k for k,m in enumerate(masks) if m is not None]
             r['pxap'] = pxap([omaps[k] for k in sel], [masks[k] for k in sel], thresholds, protocol=protocol)
+        t = res.targets[:, :1] if score is None else score
         if faithfulness:
             xb = torch.cat([b[0] for b in learn.dls.test_dl(items, bs=bs)])
-            r['average_drop'],r['increase_in_confidence'] = average_drop_increase(learn.model, xb, res.upsampled()[:, :1], res.targets[:, :1])
+            d,i = average_drop_increase(learn.model, xb, res.upsampled()[:, :1], t, reduce=False, output=output)   # NaN where a score's drop is undefined
+            r['average_drop'],r['increase_in_confidence'] = d.nanmean().item(),i.nanmean().item()
         if 'road' in extra:
             xb = torch.cat([b[0] for b in learn.dls.test_dl(items, bs=bs)])
-            r['road'] = road(learn.model, xb, upsample_maps(res.normalized(relu), res.input_size)[:, :1], res.targets[:, :1], progress=False)
+            r['road'] = road(learn.model, xb, upsample_maps(res.normalized(relu), res.input_size)[:, :1], t, progress=False, output=output)
         if 'sanity' in extra:
             from fastcam.sanity import sanity_check
             s = sanity_check(learn, items[:8], [method], [layer], target, progress=False).summary().iloc[0]

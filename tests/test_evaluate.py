@@ -71,3 +71,21 @@ def test_extra_metrics_road_and_sanity(setup):
     assert ev.road[0] > 0                                  # removing the bright patch first hurts class 0; removing the rest does not
     assert ev.sanity_passed[0] and ev.sanity_spearman[0] < 0.5
     with pytest.raises(ValueError, match="unknown extra metrics \\['rod'\\]"): evaluate_cams(learn, files, gt, extra='rod')
+
+def test_a_score_function_target(setup):
+    """target=f(output): the maps are f's (here class 0's logit, so the same maps as target=0), and the faithfulness metrics measure
+    f itself: Average Drop by the hand formula on the raw logit; for minus the brightness (never positive) it is undefined: NaN"""
+    from fastcam.metrics import road
+    learn, files, gt, far = setup
+    ev = evaluate_cams(learn, files, gt, target=lambda o: o[:, 0], extra='road')
+    ev0 = evaluate_cams(learn, files, gt, target=0, faithfulness=False)
+    assert ev.pointing_game[0] == ev0.pointing_game[0] == 100 and ev.max_box_acc[0] == ev0.max_box_acc[0]
+    xb = torch.cat([b[0] for b in learn.dls.test_dl(files)]).as_subclass(torch.Tensor)
+    maps = learn.cam(files, target=0).upsampled()[:, 0]
+    with torch.no_grad(): Y, O = learn.model(xb)[:, 0].double(), learn.model(xb*maps[:, None])[:, 0].double()
+    assert (Y > 0).all()
+    assert ev.average_drop[0] == pytest.approx((100*(Y - O).clamp(min=0)/Y).mean().item(), abs=1e-4)
+    assert ev.increase_in_confidence[0] == pytest.approx(100*(Y < O).double().mean().item())
+    assert ev.road[0] > 0 and ev.road[0] != pytest.approx(road(learn.model, xb, maps, [0]*len(files), progress=False))   # ROAD of the logit, not of class 0's probability
+    neg = evaluate_cams(learn, files, gt, target=lambda o: o[:, 1])
+    assert np.isnan(neg.average_drop[0]) and 0 <= neg.increase_in_confidence[0] <= 100

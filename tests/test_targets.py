@@ -106,3 +106,126 @@ def test_bad_score_targets_are_one_line(rn, target, msg):
     with pytest.raises(ValueError, match=msg): cam(rn, torch.randn(2, 3, 32, 32), target=target)
     with pytest.raises(ValueError, match=r"^CAM weights a class's linear head, but target 'score' is a score function; use method='gradcam'$"):
         cam(rn, torch.randn(2, 3, 32, 32), target=lambda o: o[:, 0], method='cam')
+
+# --- The metrics and Guided Backprop take the same targets as `cam` ---------------------------------------------------
+
+def _tiny(seed=0, n=2):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, n)).eval()
+
+def _hand_deletion(f, x, m, n_steps):
+    "One image, one forward per step: the first k*HW//n_steps pixels by decreasing map value (stable) set to 0, the score f of each"
+    C, H, W = x.shape
+    order = torch.from_numpy(np.argsort(-m.numpy().ravel(), kind='stable').copy())
+    res = []
+    for k in range(n_steps + 1):
+        img = x.clone().reshape(C, -1)
+        img[:, order[:k*H*W//n_steps]] = 0
+        with torch.no_grad(): res.append(f(img.reshape(1, C, H, W)).item())
+    return np.array(res)
+
+def test_deletion_curve_of_a_score_function_is_the_hand_loop():
+    "targets=f: the curve is f of the model's output on each perturbed input, as a hand loop computes it"
+    from fastcam.metrics import perturbation_curves, deletion_auc, curve_auc
+    model = _tiny(0)
+    torch.manual_seed(1)
+    x, maps = torch.randn(3, 3, 12, 10), torch.rand(3, 12, 10)
+    margin = lambda o: o[:, 1] - o[:, 0]
+    f, p = perturbation_curves(model, x, maps, margin, n_steps=6, batch_size=5, progress=False)
+    for b in range(3): np.testing.assert_allclose(p[b].numpy(), _hand_deletion(lambda t: margin(model(t)), x[b], maps[b], 6), atol=1e-5)
+    assert deletion_auc(model, x, maps, margin, n_steps=6, progress=False) == pytest.approx(curve_auc(f, p).mean().item())
+    # the margin of a two-class softmax through a sigmoid is class 1's probability: the class curve
+    _, ps = perturbation_curves(model, x, maps, margin, n_steps=6, activation='sigmoid', progress=False)
+    _, pc = perturbation_curves(model, x, maps, torch.ones(3, dtype=torch.long), n_steps=6, progress=False)
+    torch.testing.assert_close(ps, pc, atol=1e-6, rtol=1e-5)
+
+def test_average_drop_of_a_score_is_the_hand_formula():
+    "target=lambda o: o[:, k], no activation: 100 max(0, Y-O)/Y of the raw logit where Y > 0, NaN (left out of the mean) where it is not"
+    from fastcam.metrics import average_drop_increase
+    model = _tiny(2, n=4)
+    torch.manual_seed(3)
+    x, maps = torch.randn(6, 3, 16, 16), torch.rand(6, 16, 16)
+    k = 2
+    with torch.no_grad(): Y, O = model(x)[:, k].double(), model(x*maps[:, None])[:, k].double()
+    assert (Y > 0).any() and (Y <= 0).any()    # both cases are exercised
+    d, i = average_drop_increase(model, x, maps, lambda o: o[:, k], reduce=False)
+    exp = torch.where(Y > 0, 100*(Y - O).clamp(min=0)/Y, torch.full_like(Y, float('nan')))
+    torch.testing.assert_close(d, exp, equal_nan=True, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(i, 100*(Y < O).double())
+    dm, im = average_drop_increase(model, x, maps, lambda o: o[:, k])
+    assert dm == pytest.approx(exp[Y > 0].mean().item(), abs=1e-4) and im == pytest.approx(i.mean().item())
+    # with activation='sigmoid' the score becomes a probability: the formula on sigmoid(score), defined for every item
+    ds, _ = average_drop_increase(model, x, maps, lambda o: o[:, k], activation='sigmoid', reduce=False)
+    torch.testing.assert_close(ds, 100*(Y.sigmoid() - O.sigmoid()).clamp(min=0)/Y.sigmoid(), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"^average drop of target 'score' is undefined: its score is not positive on any item"):
+        average_drop_increase(model, x, maps, lambda o: -o[:, k].abs())
+    with pytest.raises(ValueError, match=r"^activation='softmax' with a score target: a score is one number per item"):
+        average_drop_increase(model, x, maps, lambda o: o[:, k], activation='softmax')
+    with pytest.raises(ValueError, match=r"^target 'score' is one score per item, but maps has 2 per item"):
+        average_drop_increase(model, x, torch.rand(6, 2, 16, 16), lambda o: o[:, k])
+
+def test_regression_deletion_falls_when_the_region_it_reads_goes_first():
+    "A model whose output is the mean of a known region: deleting that region first takes the output to 0 at once; deleting it last keeps it"
+    from fastcam.metrics import perturbation_curves, deletion_auc
+    torch.manual_seed(0)
+    m = RegionMean(((4, 10), (12, 20))).eval()
+    nn.init.uniform_(m.conv.weight, 0.1, 1.0); nn.init.zeros_(m.conv.bias)
+    xb = torch.rand(2, 3, 24, 24) + 0.1
+    inside = torch.zeros(24, 24); inside[4:10, 12:20] = 1
+    ramp = torch.linspace(0, 0.01, 24*24).reshape(24, 24)          # no ties
+    first, last = (inside + ramp).expand(2, 24, 24), (1 - inside + ramp).expand(2, 24, 24)
+    f, p = perturbation_curves(m, xb, first, 'increase', n_steps=12, progress=False)
+    with torch.no_grad(): y = m(xb)[:, 0]
+    torch.testing.assert_close(p[:, 0].float(), y)
+    gone = f >= 48/576                                              # the region's 48 pixels are deleted from the first step on
+    assert (p[:, gone] == 0).all() and (p[:, 0] > 0).all()
+    _, q = perturbation_curves(m, xb, last, 'increase', n_steps=12, progress=False)
+    assert (q[:, f <= 1 - 48/576] == p[:, :1]).all()              # deleted last: the output holds until the region goes
+    # the map the engine makes for 'increase' lies in the region, so its deletion AUC is the low one
+    hires = cam(m, xb, layer='conv', target='increase', method='hirescam').upsampled()[:, 0]
+    a = deletion_auc(m, xb, hires, 'increase', n_steps=12, progress=False)
+    assert a < 0.2*deletion_auc(m, xb, last, 'increase', n_steps=12, progress=False)
+    assert deletion_auc(m, xb, first, 'decrease', n_steps=12, progress=False) == pytest.approx(-deletion_auc(m, xb, first, 'increase', n_steps=12, progress=False))
+
+def test_metrics_take_the_chosen_output_of_a_multi_output_model():
+    "output=i: every metric equals the same metric of the model that returns only output i"
+    from fastcam.metrics import average_drop_increase, perturbation_curves, road
+    m = TwoHeads().eval()
+    x, maps = torch.randn(2, 3, 32, 32), torch.rand(2, 32, 32)
+    for i, t in ((0, [2, 1]), (1, [3, 0])):
+        assert average_drop_increase(m, x, maps, t, output=i) == average_drop_increase(Only(m, i), x, maps, t)
+        torch.testing.assert_close(perturbation_curves(m, x, maps, t, n_steps=4, output=i, progress=False)[1],
+                                   perturbation_curves(Only(m, i), x, maps, t, n_steps=4, progress=False)[1])
+    f = lambda o: o[:, 3] - o[:, 0]
+    torch.testing.assert_close(road(m, x, maps, f, fractions=(.2, .6), noise=0., output=1, reduce=False, progress=False),
+                               road(Only(m, 1), x, maps, f, fractions=(.2, .6), noise=0., reduce=False, progress=False))
+    with pytest.raises(ValueError, match=r"^output=2: the model returns a tuple of 2 outputs; pass one of positions 0..1$"):
+        average_drop_increase(m, x, maps, output=2)
+
+def test_guided_backprop_of_a_logit_function_is_that_class_s():
+    "Guided Backprop of f = logit k is Guided Backprop of class k; a margin, through the clamping, is not the difference of the two (not linear)"
+    from fastcam.guided import GuidedBackprop, guided_gradcam
+    rn = torchvision.models.resnet18(num_classes=3).eval()
+    torch.manual_seed(0)
+    xb = torch.randn(2, 3, 32, 32)
+    gb = GuidedBackprop(rn)
+    g2, t, p = gb(xb, target=2)
+    gf, tf, pf = gb(xb, target=lambda o: o[:, 2])
+    torch.testing.assert_close(gf, g2)
+    assert tf.eq(0).all() and pf.isnan().all()      # a score: one slot, no probability
+    torch.testing.assert_close(guided_gradcam(rn, xb, 'layer3', target=lambda o: o[:, 2]), guided_gradcam(rn, xb, 'layer3', target=2))
+    # Guided Grad-CAM of a margin: the margin's Guided Backprop times the ReLU'd Grad-CAM of the margin (cam's)
+    mg = lambda o: o[:, 2] - o[:, 0]
+    up = upsample_maps(cam(rn, xb, layer='layer3', target=mg).maps.relu(), (32, 32))
+    torch.testing.assert_close(guided_gradcam(rn, xb, 'layer3', target=mg), gb(xb, target=mg)[0] * up[:, :, None])
+    assert sum(len(m._forward_hooks) for m in rn.modules()) == 0 and all(q.grad is None for q in rn.parameters())
+
+def test_guided_backprop_of_a_chosen_output():
+    from fastcam.guided import GuidedBackprop, guided_gradcam
+    m = TwoHeads().eval()
+    xb = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(GuidedBackprop(m)(xb, target=[3, 1], output=1)[0], GuidedBackprop(Only(m, 1))(xb, target=[3, 1])[0])
+    torch.testing.assert_close(guided_gradcam(m, xb, 'body.7', target=[3, 1], output=1), guided_gradcam(Only(m, 1), xb, 'm.body.7', target=[3, 1]))
+    with pytest.raises(ValueError, match=r"^output='x': the model returns a tuple of 2 outputs"):
+        GuidedBackprop(m)(xb, output='x')
