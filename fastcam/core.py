@@ -340,7 +340,9 @@ def cat(cls:CamResult, results:list):
 # %% ../nbs/01_core.ipynb #92cdcf4f
 class Gathered:
     "What one forward (and backward) gathered at a layer, for a method to turn into maps"
-    def __init__(self, acts, grads, targets, out, kind, model=None, layer=None, xb=None): store_attr()
+    def __init__(self, acts, grads, targets, out, kind, model=None, layer=None, xb=None,
+                 output=None): # Which output of `model` the targets score (see `pick_output`), for methods that run the model again
+        store_attr()
     def head_weights(self) -> Tensor:
         "Class weights `[n_classes, C]` of a GAP-then-linear head after the layer (BatchNorm1d folded in)"
         if isinstance(self.kind, ScoreTarget): raise ValueError(f"CAM weights a class's linear head, but target '{self.kind.name}' is a score function; use method='gradcam'")
@@ -489,7 +491,7 @@ def gather(self:CamSession, out:Tensor, target=None, vocab=None, multi_label:boo
     kind,probs,targets = _probs_targets(out, target, vocab, multi_label, mirrored, targets)
     grads = _grads(out, targets, kind, [h.acts for h in hooks]) if self.need_grad else [None]*len(hooks)
     out = out.detach()
-    return probs,[Gathered(l(h.acts.detach()), None if g is None else l(g, lead=2), targets, out, kind, self.model, h.name, xb)
+    return probs,[Gathered(l(h.acts.detach()), None if g is None else l(g, lead=2), targets, out, kind, self.model, h.name, xb, self.output)
                   for h,g,l in zip(hooks, grads, lays)]
 
 # %% ../nbs/01_core.ipynb #95618e6b

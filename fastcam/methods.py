@@ -120,7 +120,7 @@ def eigencam(g:Gathered) -> Tensor:
 def scorecam(g:Gathered, batch_size:int=64, progress:bool=True) -> Tensor:
     "Score-CAM: channels weighted by the softmax of the target's logit on the input masked by each channel"
     from fastprogress.fastprogress import progress_bar
-    from fastcam.core import eval_mode, class_scores
+    from fastcam.core import eval_mode, class_scores, pick_output
     a = g.acts.float()
     B,K = a.shape[:2]
     up = F.interpolate(a, size=g.xb.shape[-2:], mode='bilinear', align_corners=True)
@@ -130,6 +130,6 @@ def scorecam(g:Gathered, batch_size:int=64, progress:bool=True) -> Tensor:
     scores = torch.zeros(B, g.targets.shape[1], K, device=a.device)
     with torch.no_grad(), eval_mode(g.model):
         for b,i in (progress_bar(jobs, leave=False) if progress else jobs):
-            out = g.model(g.xb[b][None]*masks[b,i:i+batch_size,None])
+            out = pick_output(g.model(g.xb[b][None]*masks[b,i:i+batch_size,None]), g.output)
             for j,t in enumerate(g.targets[b].clamp(min=0)): scores[b,j,i:i+len(out)] = class_scores(out, t.expand(len(out)), g.kind).float()
     return weighted_sum(scores.softmax(-1), g.acts)

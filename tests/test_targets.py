@@ -191,7 +191,7 @@ def test_regression_deletion_falls_when_the_region_it_reads_goes_first():
 def test_metrics_take_the_chosen_output_of_a_multi_output_model():
     "output=i: every metric equals the same metric of the model that returns only output i"
     from fastcam.metrics import average_drop_increase, perturbation_curves, road
-    m = TwoHeads().eval()
+    m = TinyTwoHeads().eval()
     x, maps = torch.randn(2, 3, 32, 32), torch.rand(2, 32, 32)
     for i, t in ((0, [2, 1]), (1, [3, 0])):
         assert average_drop_increase(m, x, maps, t, output=i) == average_drop_increase(Only(m, i), x, maps, t)
@@ -223,9 +223,28 @@ def test_guided_backprop_of_a_logit_function_is_that_class_s():
 
 def test_guided_backprop_of_a_chosen_output():
     from fastcam.guided import GuidedBackprop, guided_gradcam
-    m = TwoHeads().eval()
+    m = TinyTwoHeads().eval()
     xb = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(GuidedBackprop(m)(xb, target=[3, 1], output=1)[0], GuidedBackprop(Only(m, 1))(xb, target=[3, 1])[0])
-    torch.testing.assert_close(guided_gradcam(m, xb, 'body.7', target=[3, 1], output=1), guided_gradcam(Only(m, 1), xb, 'm.body.7', target=[3, 1]))
+    torch.testing.assert_close(guided_gradcam(m, xb, 'body.2', target=[3, 1], output=1), guided_gradcam(Only(m, 1), xb, 'm.body.2', target=[3, 1]))
     with pytest.raises(ValueError, match=r"^output='x': the model returns a tuple of 2 outputs"):
         GuidedBackprop(m)(xb, output='x')
+
+class TinyTwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = _tiny(4)[:4]
+        self.a, self.b = nn.Linear(8, 3), nn.Linear(8, 4)
+    def forward(self, x):
+        f = self.body(x).mean((2, 3))
+        return self.a(f), self.b(f)
+
+def test_score_cam_scores_the_chosen_output():
+    "Score-CAM runs the model again on masked inputs: it scores the output= head there too (a tuple output crashed it before)"
+    m = TinyTwoHeads().eval()
+    xb = torch.randn(2, 3, 32, 32)
+    ours = cam(m, xb, layer='body.2', target=[3, 1], output=1, method='scorecam', progress=False).maps
+    torch.testing.assert_close(ours, cam(Only(m, 1), xb, layer='m.body.2', target=[3, 1], method='scorecam', progress=False).maps)
+    f = lambda o: o[:, 2] - o[:, 0]
+    torch.testing.assert_close(cam(m, xb, layer='body.2', target=f, output=0, method='scorecam', progress=False).maps,
+                               cam(Only(m, 0), xb, layer='m.body.2', target=f, method='scorecam', progress=False).maps)
