@@ -396,12 +396,14 @@ def result_boxes(res:CamResult, mode:str='threshold', geometry=None, orig_sizes=
                  confirm_bs:int=64, # With `confirm` and no `xb`: items per chunk
                  dls=None, # With `confirm` and no `xb`: the `DataLoaders` whose `test_dl` makes the inputs (default: the geometry, when it is one)
                  **kwargs) -> pd.DataFrame:
-    "`cam_boxes` of `res` with the original sizes and geometry that `learn.cam` recorded (`res.boxes()`)"
+    "`cam_boxes` of `res` with the original sizes and geometry that `learn.cam` recorded (`res.boxes()`); with `res.stability`, its item's flip_corr, shift_corr, unstable at the end of each row"
     sizes,g = _sizes_of(res, orig_sizes),res.geometry if geometry is None else geometry
     if confirm and kwargs.get('xb') is None: df = _confirmed_in_chunks(res, _sizes(sizes, len(res)), g, dls, confirm_bs, dict(mode=mode, **kwargs))
     else: df = cam_boxes(res, sizes, g, mode=mode, confirm=confirm, **kwargs)
     if res.items is not None and all(isinstance(o, (str, os.PathLike)) for o in res.items):
         df.insert(0, 'file', [str(res.items[i]) for i in df['item']])
+    if res.stability is not None:
+        for c in res.stability.columns: df[c] = res.stability[c].to_numpy()[df['item'].to_numpy(np.int64)]
     return df
 
 def result_original_maps(res:CamResult, i:int, normalize:bool=True, fill:float=0., geometry=None, orig_sizes=None) -> Tensor:

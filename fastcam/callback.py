@@ -15,7 +15,7 @@ from fastai.callback.core import Callback
 from fasttransform import Transform
 from fastai.learner import Learner
 from fastai.torch_core import to_detach
-from .core import CamSession, CamResult, cam_result, needs_grad, learner_cam, _vocab, _learner_multi_label, _learner_target, _first_tensor
+from .core import CamSession, CamResult, cam_result, needs_grad, learner_cam, with_stability, _vocab, _learner_multi_label, _learner_target, _first_tensor
 
 # %% auto #0
 __all__ = ['GradCAMCallback', 'dl_sources', 'CAMMonitor']
@@ -30,7 +30,8 @@ class GradCAMCallback(Callback):
                  cpu:bool=True, # Move each batch's maps to the CPU
                  during_fit:bool=False, # Also explain the validation set at the end of every epoch of `fit`
                  output=None, # Which output of a model returning several (a position or key); None: the first
-                 tokens:int=None, grid:tuple=None): # How a transformer layer becomes a map (see `fastcam.tokens.map_layout`); None: found
+                 tokens:int=None, grid:tuple=None, # How a transformer layer becomes a map (see `fastcam.tokens.map_layout`); None: found
+                 stability:bool=False): # Also measure each map's agreement under a flip and a shift (`CamResult.stability`); 3x the work of a batch more
         store_attr()
         self.session,self.results,self.i,self.fitting,self.idxs = None,[],0,False,None
 
@@ -55,6 +56,8 @@ class GradCAMCallback(Callback):
         finally: self._close()
         self.learn.pred = to_detach(self.pred, cpu=False, gather=False)
         r = cam_result(self.method, g, probs, _vocab(self.learn))
+        if self.stability: r = with_stability(self.model, self.xb[0], r, _learner_target(self.learn, self.target), self.layer, self.method,
+                                              output=self.output, tokens=self.tokens, grid=self.grid)
         if self.cpu: r = r.to('cpu')
         self.results.append(r)
         self.i += len(self.xb[0])
@@ -130,9 +133,10 @@ def _items_of(dl, n):
 @patch
 def get_cams(self:Learner, dl=None, layer=None, target=None, method='gradcam',
              with_boxes:bool=False, # Also return the boxes table (one row per box, in original pixels)
+             stability:bool=False, # Also measure each map's agreement under a flip and a shift (`res.stability`, and columns of the boxes)
              **box_kwargs): # Passed to `CamResult.boxes` (mode, threshold, min_area, topk, orig_sizes, min_prob, confirm)
     "Maps of every item of `dl` (default: the validation set) through `get_preds` with a `GradCAMCallback`; with `with_boxes`, `(maps, boxes)`"
-    cb = GradCAMCallback(layer=layer, target=target, method=method)
+    cb = GradCAMCallback(layer=layer, target=target, method=method, stability=stability)
     self.get_preds(dl=dl, cbs=cb)
     res = cb.cams
     return (res, res.boxes(**{'dls': self.dls, **box_kwargs})) if with_boxes else res

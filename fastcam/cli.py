@@ -30,12 +30,12 @@ from .runs import (scan_inputs, lock_out, clean_temporaries, run_options, run_in
 from .dicom_out import record_mm, dicom_config, dicom_record
 from .overlay import render_overlay, with_unseen, fit_map, _rows as _box_rows
 from .synth import make_dicom_set
-from .sanity import batch_stability, sanity_check, _batch as _test_batch
+from .sanity import sanity_check
 
 # %% auto #0
-__all__ = ['image_exts', 'overlay_side', 'map_side', 'stability_min_corr', 'DEMO_LAYERS', 'commands', 'find_inputs',
-           'tiny_xresnet', 'weights_learner', 'load_for_run', 'work_maps', 'work_boxes', 'process_files', 'launch',
-           'run', 'synth_dls', 'demo_hits', 'demo_threshold', 'demo', 'main']
+__all__ = ['image_exts', 'overlay_side', 'map_side', 'DEMO_LAYERS', 'commands', 'find_inputs', 'tiny_xresnet', 'weights_learner',
+           'load_for_run', 'work_maps', 'work_boxes', 'process_files', 'launch', 'run', 'synth_dls', 'demo_hits',
+           'demo_threshold', 'demo', 'main']
 
 # %% ../nbs/11_cli.ipynb #c296208d
 if __name__ == '__main__' and '__file__' in globals():  # `python -m fastcam.cli`, not a notebook
@@ -219,8 +219,9 @@ _Job = namedtuple('_Job', 'read map title boxes raw rec vocab truth', defaults=(
 
 def _explain_batch(learn, batch, cfg) -> list:
     "Explain `batch` (`_Read`s) in one batch: a `_Job` per file with its map in original pixels (computed once, for its boxes and its overlay), boxes and record"
-    res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True, tta=cfg['tta']).to('cpu')   # boxes, overlays and records work on the CPU
-    stable = _stability_fields(learn, batch, res, cfg) if cfg.get('stability') else None
+    res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True, tta=cfg['tta'],
+                      stability=bool(cfg.get('stability'))).to('cpu')   # boxes, overlays and records work on the CPU
+    stable = _stability_fields(res)
     mos = work_maps(res)   # at most map_side pixels on the long side: bounded memory per file
     kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk'], original=mos) if cfg['mode']=='threshold' else {}
     if cfg.get('confirm'): kw.update(confirm=True, dls=learn.dls)
@@ -434,13 +435,10 @@ def _drop_opt(argv, name):
     return res[1:] if res and res[0]=='run' else res
 
 # %% ../nbs/11_cli.ipynb #e3a1f0c3
-stability_min_corr = 0.5   # `fastcam run --stability` flags a map whose flip or shift correlation is below this
-
-def _stability_fields(learn, batch, res, cfg) -> list:
-    "Per file of `batch` (explained as `res`): the flip and shift agreement of its map and `unstable` (`fastcam.sanity.batch_stability`, before any --tta average)"
-    xb = _test_batch(learn, [o.item for o in batch])[1]
-    st = batch_stability(learn.model, xb, res.targets[:, :1].tolist(), cfg['layer'], cfg['method'], min_corr=stability_min_corr)
-    return [dict(flip_corr=float(r.flip_corr), shift_corr=float(r.shift_corr), unstable=bool(r.flag)) for r in st.itertuples()]
+def _stability_fields(res) -> list:
+    "Per item of `res`: the flip and shift agreement of its map and `unstable`, as `learn.cam(..., stability=True)` measured them (`fastcam.sanity.batch_stability`, before any --tta average); None without"
+    if res.stability is None: return None
+    return [dict(flip_corr=float(r.flip_corr), shift_corr=float(r.shift_corr), unstable=bool(r.unstable)) for r in res.stability.itertuples()]
 
 def _run_sanity(learn, out, files, n:int, cfg) -> list:
     "`sanity_check` of the run's method at each of its layers on the first `n` files of `files` explained without error: sanity.csv, and the summary's rows (None when off)"

@@ -19,8 +19,8 @@ from .tokens import map_layout, patch_size_of, last_block
 __all__ = ['eval_mode', 'module_name', 'input_channels', 'trace_modules', 'auto_layer', 'block_reaching_output', 'find_layer',
            'head_kind', 'out_probs', 'class_scores', 'ScoreTarget', 'score_target', 'resolve_targets', 'CamResult',
            'normalize_maps', 'upsample_maps', 'Gathered', 'gap_linear_head', 'pick_output', 'CamSession', 'gather',
-           'needs_grad', 'cam_result', 'several_layers', 'fuse_cams', 'unmirror', 'cam', 'learner_cam',
-           'with_param_docs', 'layer_summary']
+           'needs_grad', 'cam_result', 'several_layers', 'fuse_cams', 'unmirror', 'cam', 'with_stability',
+           'learner_cam', 'with_param_docs', 'layer_summary']
 
 # %% ../nbs/01_core.ipynb #3d52256d
 @contextmanager
@@ -253,12 +253,13 @@ class CamResult:
                  items=None, # The items explained (paths, images), when known
                  orig_sizes=None, # `(H, W)` of each item in its own pixels, when known
                  geometry=None, # What made the model input from the items (e.g. the `DataLoaders`), for `fastcam.boxes`
-                 model=None): # The model explained, for steps that ask it again (`boxes(confirm=True)`)
+                 model=None, # The model explained, for steps that ask it again (`boxes(confirm=True)`)
+                 stability=None): # Per item, the agreement of its map under a flip and a shift: a DataFrame flip_corr, shift_corr, unstable (`learn.cam(..., stability=True)`)
         store_attr()
     def __len__(self): return len(self.maps)
     def _with(self, **kw):
         "A copy with some fields replaced"
-        d = {k: getattr(self, k) for k in ('maps','targets','probs','vocab','layer','method','input_size','items','orig_sizes','geometry','model')}
+        d = {k: getattr(self, k) for k in ('maps','targets','probs','vocab','layer','method','input_size','items','orig_sizes','geometry','model','stability')}
         return CamResult(**{**d, **kw})
     def to(self, device):
         "This result with its tensors on `device`"
@@ -279,7 +280,8 @@ class CamResult:
         "The result for item(s) `i`, keeping the batch dimension"
         if isinstance(i, int): i = slice(i, (i+1) or None)
         pick = lambda o: None if o is None else [o[k] for k in range(len(o))[i]] if isinstance(i, slice) else [o[int(k)] for k in i]
-        return self._with(maps=self.maps[i], targets=self.targets[i], probs=self.probs[i], items=pick(self.items), orig_sizes=pick(self.orig_sizes))
+        rows = None if self.stability is None else self.stability.iloc[range(len(self))[i] if isinstance(i, slice) else [int(k) for k in i]].reset_index(drop=True)
+        return self._with(maps=self.maps[i], targets=self.targets[i], probs=self.probs[i], items=pick(self.items), orig_sizes=pick(self.orig_sizes), stability=rows)
     @property
     def preds(self): return self.probs.argmax(1)
     @property
@@ -295,7 +297,8 @@ class CamResult:
         else:
             counts = pd.Series([t for r in names for t in r if t is not None]).value_counts()
             tg = f"targets of {len(names)} items: " + ', '.join(f"{k!r} x{v}" for k,v in counts.head(5).items()) + (f", ... ({len(counts)} classes)" if len(counts) > 5 else '')
-        return f"CamResult(method={self.method!r}, layer={self.layer!r}, maps={tuple(self.maps.shape)}, {tg})"
+        st = '' if self.stability is None else f", unstable maps: {int(self.stability.unstable.sum())} of {len(self.stability)}"
+        return f"CamResult(method={self.method!r}, layer={self.layer!r}, maps={tuple(self.maps.shape)}, {tg}{st})"
 
 # %% ../nbs/01_core.ipynb #92157db4
 def normalize_maps(maps:Tensor, relu:bool=True) -> Tensor:
@@ -334,8 +337,9 @@ def cat(cls:CamResult, results:list):
     def _pad(t, v): return F.pad(t, (0,0,0,0,0,T-t.shape[1]), value=v) if t.ndim==4 else F.pad(t, (0,T-t.shape[1]), value=v)
     r0 = rs[0]
     join = lambda k: None if any(getattr(r, k) is None for r in rs) else [o for r in rs for o in getattr(r, k)]
+    st = None if any(r.stability is None for r in rs) else pd.concat([r.stability for r in rs], ignore_index=True)
     return r0._with(maps=torch.cat([_pad(r.maps, 0.) for r in rs]), targets=torch.cat([_pad(r.targets, -1) for r in rs]),
-                    probs=torch.cat([r.probs for r in rs]), items=join('items'), orig_sizes=join('orig_sizes'))
+                    probs=torch.cat([r.probs for r in rs]), items=join('items'), orig_sizes=join('orig_sizes'), stability=st)
 
 # %% ../nbs/01_core.ipynb #92cdcf4f
 class Gathered:
@@ -611,11 +615,23 @@ def _vocab(learn):
     return list(v) if v is not None else None
 
 # %% ../nbs/01_core.ipynb #25129b89
-def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, fused:bool=False, tta:bool=False, **kwargs):
+def with_stability(model:nn.Module, xb:Tensor, r, target=None, layer=None, method='gradcam', **kwargs):
+    "`r` (a `CamResult`, or `cam`'s dict of them per layer) of batch `xb` with `stability`: each item's flip and shift agreement (`fastcam.sanity.batch_stability`), of its first target's own map (never a tta average)"
+    from fastcam.sanity import batch_stability
+    several = isinstance(r, dict)
+    first = r['fused'] if several else r
+    st = batch_stability(model, xb, score_target(target) or first.targets[:, :1].tolist(), layer, method, fused=not several, **kwargs)
+    return {k: v._with(stability=st[k]) for k,v in r.items()} if several else r._with(stability=st)
+
+def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, fused:bool=False, tta:bool=False,
+                stability:bool=False, **kwargs):
     "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `(dls or learn.dls).test_dl`"
     target = _learner_target(learn, target)
     kw = dict(layer=layer, method=method, vocab=_vocab(learn), multi_label=_learner_multi_label(learn), fused=fused, tta=tta, **kwargs)
-    if isinstance(x, Tensor) and x.ndim==4: return cam(learn.model, x, target=target, **kw)
+    def explain(xb, t):
+        r = cam(learn.model, xb, target=t, **kw)
+        return with_stability(learn.model, xb, r, t, layer, method, **kwargs) if stability else r
+    if isinstance(x, Tensor) and x.ndim==4: return explain(x, target)
     from fastcam.items import check_items, learner_item, check_opens
     items = list(x) if isinstance(x, (list, tuple)) else [x]
     if not items: raise ValueError("no items to explain: the list is empty")
@@ -631,7 +647,7 @@ def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:
     for b in dls.test_dl(items, bs=bs or dls.bs):
         xb = b[0]
         t = target[i:i+len(xb)] if isinstance(target, (list, tuple, Tensor)) else target
-        res.append(cam(learn.model, xb, target=t, **kw)); i += len(xb)
+        res.append(explain(xb, t)); i += len(xb)
     known = dict(items=given, orig_sizes=sizes, geometry=dls, model=learn.model)   # the items as given (converted copies are dropped after the forward)
     if isinstance(res[0], dict): return {k: CamResult.cat([r[k] for r in res])._with(**known) for k in res[0]}
     return CamResult.cat(res)._with(**known)
@@ -658,9 +674,10 @@ def cam(self:Learner, x, # Items (paths, PIL images, arrays, `[C,H,W]` tensors) 
         dls=None, # `DataLoaders` whose `test_dl` preprocesses the items (default: the learner's)
         fused:bool=False, # With several layers: only their fused `CamResult` instead of a dict per layer
         tta:bool=False, # Also explain each item's mirror image and average the two maps (for a model trained with flips)
+        stability:bool=False, # Also measure each map's agreement under a mirror image and a 4-pixel shift: `res.stability` (flip_corr, shift_corr, unstable below 0.5), columns of `res.boxes()`, marked by `res.show()`; 3x the work
         **kwargs): # Passed to the method
     "A `CamResult` of class activation maps for items sent through `(dls or self.dls).test_dl`, or for a preprocessed batch"
-    return learner_cam(self, x, layer, target, method, bs, dls, fused, tta, **kwargs)
+    return learner_cam(self, x, layer, target, method, bs, dls, fused, tta, stability, **kwargs)
 
 with_param_docs(Learner.cam)
 

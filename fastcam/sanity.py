@@ -60,13 +60,17 @@ def map_similarity(a, # a normalised map `[H, W]` in 0..1
                 hog=_corr(pearsonr, _hog(a), _hog(b)))
 
 # %% ../nbs/15_sanity.ipynb #331cd5e2
-def saliency(model:nn.Module, xb:Tensor, layer=None, method:str='gradcam', target=None) -> np.ndarray:
+def _at_input(r, size) -> np.ndarray:
+    "The first target's maps of CamResult `r`, normalised and upsampled to `size`, `[B, H, W]`"
+    return upsample_maps(normalize_maps(r.maps[:,:1]), size)[:,0].detach().float().cpu().numpy()
+
+def saliency(model:nn.Module, xb:Tensor, layer=None, method:str='gradcam', target=None,
+             **kwargs) -> np.ndarray: # CAM methods: passed to `cam` (tokens, grid, output, the method's own)
     "Normalised maps `[B, H, W]` at the input's size: a CAM `method` at `layer` (several layers: their fused map), or the input-space 'guided_backprop' / 'guided_gradcam'"
     from fastcam.guided import GuidedBackprop, guided_gradcam, to_grayscale
-    if method=='guided_backprop': m = to_grayscale(GuidedBackprop(model)(xb, target)[0][:,0])
-    elif method=='guided_gradcam': m = to_grayscale(guided_gradcam(model, xb, layer, target)[:,0])
-    else: m = upsample_maps(normalize_maps(cam(model, xb, layer=layer, target=target, method=method, fused=True).maps[:,:1]), xb.shape[-2:])[:,0]
-    return m.detach().float().cpu().numpy()
+    if method=='guided_backprop': return to_grayscale(GuidedBackprop(model)(xb, target)[0][:,0]).detach().float().cpu().numpy()
+    if method=='guided_gradcam': return to_grayscale(guided_gradcam(model, xb, layer, target)[:,0]).detach().float().cpu().numpy()
+    return _at_input(cam(model, xb, layer=layer, target=target, method=method, fused=True, **kwargs), xb.shape[-2:])
 
 # %% ../nbs/15_sanity.ipynb #80ad18ae
 class SanityCheck(pd.DataFrame):
@@ -158,22 +162,29 @@ def stability(learn, # a Learner (or a plain model, with `x` a preprocessed batc
               x, # items, or a preprocessed batch `[B, C, H, W]`
               layer=None, method:str='gradcam', target=None,
               shift:int=4, # pixels (at the model's input size) to shift by
-              min_corr:float=0.5, # flag items whose flip or shift agreement is below this
+              min_corr:float=0.5, # mark items whose flip or shift agreement is below this `unstable`
               dls=None) -> pd.DataFrame:
-    "Per item: the correlation of its map with its mirror image's map (mirrored back) and with its shifted copy's map (shifted back), and a `flag`"
+    "Per item: the correlation of its map with its mirror image's map (mirrored back) and with its shifted copy's map (shifted back), and `unstable`"
     model,xb,vocab = _batch(learn, x, dls)
     return batch_stability(model, xb, _targets(model, xb, target, vocab), layer, method, shift, min_corr)
 
+def _agreement(m, B:int, s:int, min_corr:float) -> pd.DataFrame:
+    "flip_corr, shift_corr, unstable of the items of maps `m` `[3B, H, W]`: B items, their mirror images, their copies shifted by `s`"
+    own,flip,moved = m[:B],m[B:2*B,:,::-1],m[2*B:]
+    df = pd.DataFrame([dict(flip_corr=_pearson(own[i,s:,s:-s], flip[i,s:,s:-s]), shift_corr=_pearson(own[i,:-s,:-s], moved[i,s:,s:])) for i in range(B)],
+                      columns=['flip_corr', 'shift_corr'])
+    df['unstable'] = (df.flip_corr < min_corr) | (df.shift_corr < min_corr)
+    return df
+
 def batch_stability(model:nn.Module, # the model; never changed
                     xb:Tensor, # a preprocessed batch `[B, C, H, W]`
-                    targets:list, # the class of each item's map, `[[c], ...]`
-                    layer=None, method:str='gradcam', shift:int=4, min_corr:float=0.5) -> pd.DataFrame:
-    "`stability`'s work on a preprocessed batch and resolved classes (`fastcam run --stability` calls it on each batch): flip_corr, shift_corr, flag per item"
+                    targets, # the class of each item's map, `[[c], ...]`, or a score function (see `cam`'s target)
+                    layer=None, method:str='gradcam', shift:int=4, min_corr:float=0.5,
+                    fused:bool=True, # several layers: their fused map's table; False: a dict of tables per layer and 'fused', as `cam` returns maps
+                    **kwargs) -> pd.DataFrame: # passed to `cam` (tokens, grid, output, the method's own)
+    "`stability`'s work on a preprocessed batch and resolved classes (`learn.cam(stability=True)` and `fastcam run --stability` call it on each batch): flip_corr, shift_corr, unstable per item"
     B = len(xb)
-    m = saliency(model, torch.cat([xb, xb.flip(-1), _shift(xb, shift)]), layer, method, targets*3)
-    own,flip,moved = m[:B],m[B:2*B,:,::-1],m[2*B:]
-    s = shift
-    rows = [dict(flip_corr=_pearson(own[i,s:,s:-s], flip[i,s:,s:-s]), shift_corr=_pearson(own[i,:-s,:-s], moved[i,s:,s:])) for i in range(B)]
-    df = pd.DataFrame(rows)
-    df['flag'] = (df.flip_corr < min_corr) | (df.shift_corr < min_corr)
-    return df
+    if shift < 1 or 2*shift >= min(xb.shape[-2:]): raise ValueError(f"stability: shift={shift} pixels doesn't fit a {tuple(xb.shape[-2:])} input; give 1 <= shift < half its side")
+    x3,t3 = torch.cat([xb, xb.flip(-1), _shift(xb, shift)]),targets*3 if isinstance(targets, list) else targets
+    if fused or not several_layers(layer): return _agreement(saliency(model, x3, layer, method, t3, **kwargs), B, shift, min_corr)
+    return {k: _agreement(_at_input(r, xb.shape[-2:]), B, shift, min_corr) for k,r in cam(model, x3, layer=layer, target=t3, method=method, **kwargs).items()}

@@ -86,8 +86,9 @@ def show_cam(img, # The image: tensor [C,H,W], PIL image or array
 
 # %% ../nbs/06_show.ipynb #d471f98a
 def _title(r, i, j=0):
-    "Class name and probability of target slot `j` of item `i`"
-    return f"{r.target_names[i][j]} {float(r.target_probs[i, j]):.2f}"
+    "Class name and probability of target slot `j` of item `i`; a second line 'unstable map' when `r.stability` marks the item"
+    t = f"{r.target_names[i][j]} {float(r.target_probs[i, j]):.2f}"
+    return t + "\nunstable map" if getattr(r, 'stability', None) is not None and bool(r.stability.unstable.iloc[i]) else t
 
 def _map_over(res:CamResult, i:int, slot:int, img):
     "The map of target `slot` of item `i` to draw over `img`: through the result's geometry when `img` has the item's original size, else the layer's map (stretched)"
@@ -177,9 +178,10 @@ def get_cmaps(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
               method='gradcam', # A method name from `fastcam.methods.methods`
               window=None, # DICOM window: None (the file's), `(width, level)` or a `dicom_windows` name
               tta:bool=False, # Average each map with its mirror image's (see `cam`)
+              stability:bool=False, # Also measure the map's agreement under a flip and a shift (`res.stability`; titles say 'unstable map' when low)
               figsize=None, **show_kwargs) -> CamResult: # alpha, cmap, interpolation, merge for the overlay
     "Class activation maps of `item`, every class by default; optionally printed and drawn"
-    res = explain_item(item, dls, learn, layer, target, method, tta=tta)
+    res = explain_item(item, dls, learn, layer, target, method, tta=tta, stability=stability)
     if sanity: _sanity(res)
     if show_maps:
         T = res.targets.shape[1]
@@ -217,10 +219,11 @@ def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
               confirm:bool=False, # Let the model choose and score the box among candidate regions (`fastcam.confirm`)
               window=None, # DICOM window for drawing
               tta:bool=False, # Average each map with its mirror image's (see `cam`)
+              stability:bool=False, # Also measure the map's agreement under a flip and a shift: flip_corr, shift_corr, unstable columns in `df`
               lw:float=2, figsize=None, ctx=None) -> LabeledBBox:
     "Boxes of `item`'s maps in its original pixels, as a `LabeledBBox` carrying the table `df`; optionally drawn"
     check_color(color); check_threshold(threshold)   # before the model runs
-    res = explain_item(item, dls, learn, layer, target, method, tta=tta)
+    res = explain_item(item, dls, learn, layer, target, method, tta=tta, stability=stability)
     if sanity: _sanity(res)
     kw = dict(threshold=threshold, min_area=min_area, topk=topk) if mode=='threshold' else {}
     if confirm and isinstance(item, Tensor): kw['xb'] = item if item.ndim==4 else item[None]   # a preprocessed input is its own batch

@@ -229,5 +229,5 @@ def test_stability_of_the_trained_model(trained):
     files, _ = _held_out_positives(trained)
     st = stability(learn, files[:16], layer=[0, -2], target='nodule')
     print('\n', st.describe().round(3).to_string())
-    assert (st.flag == ((st.flip_corr < 0.5) | (st.shift_corr < 0.5))).all()
-    assert (~st.flag).mean() >= 0.75
+    assert (st.unstable == ((st.flip_corr < 0.5) | (st.shift_corr < 0.5))).all()
+    assert (~st.unstable).mean() >= 0.75

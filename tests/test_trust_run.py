@@ -103,3 +103,46 @@ def test_sanity_writes_its_table_and_report_section(files, capsys):
     assert 'sanity check of gradcam at 0 on 4 files' in capsys.readouterr().out
     assert cli.run(str(root/'plain.pkl'), str(root/'in'), out=str(out), trust=True, layer='0', progress=False) == 0   # not a run option: resumes
     assert not (out/'sanity.csv').exists() and "id='sanity'" not in (out/'report.html').read_text()
+
+@pytest.mark.parametrize('name, bias', [('plain', 0.), ('bump', 3.)])
+def test_cam_stability_equals_a_hand_computation(files, name, bias):
+    "The Python API's `stability=True` (learn.cam, get_cams, get_boxes) keeps the hand computation's numbers on the CamResult, its indexing, its boxes table and its titles"
+    import matplotlib; matplotlib.use('Agg')
+    from fastai.learner import load_learner
+    from fastcam.show import get_boxes
+    import fastcam.callback   # Learner.get_cams
+    root, fs = files
+    learn = load_learner(root/f'{name}.pkl')
+    exp = np.array([_expected(f, bias) for f in fs])                     # [6, 2]: flip, shift by hand
+    unstable = (exp < 0.5).any(1)
+    res = learn.cam(fs, layer='0', bs=4, stability=True)                 # two batches: their tables are joined
+    st = res.stability
+    assert list(st.columns) == ['flip_corr', 'shift_corr', 'unstable'] and len(st) == 6
+    np.testing.assert_allclose(st[['flip_corr', 'shift_corr']].to_numpy(), exp, atol=1e-4)
+    assert (st.unstable.to_numpy() == unstable).all() and unstable.all() == bool(bias)
+    # measured on each item's own map: a tta average (mirror-symmetric by construction) does not change it
+    np.testing.assert_allclose(learn.cam(fs, layer='0', tta=True, stability=True).stability.flip_corr, exp[:, 0], atol=1e-4)
+    # indexing, .to and repr keep each item's row
+    np.testing.assert_allclose(res[[4, 1]].stability.flip_corr, exp[[4, 1], 0], atol=1e-4)
+    np.testing.assert_allclose(res[2:5].stability.shift_corr, exp[2:5, 1], atol=1e-4)
+    assert res[5].stability.unstable.tolist() == [unstable[5]] and res.to('cpu').stability is st
+    assert f'unstable maps: {unstable.sum()} of 6' in repr(res) and 'unstable' not in repr(learn.cam(fs, layer='0'))
+    assert learn.cam(fs, layer='0').stability is None and 'unstable' not in learn.cam(fs, layer='0').boxes(min_prob=0).columns
+    # the boxes table: the item's numbers at the end of each of its rows
+    df = res.boxes(min_prob=0)
+    assert list(df.columns[-3:]) == ['flip_corr', 'shift_corr', 'unstable'] and set(df['item']) == set(range(6))
+    np.testing.assert_allclose(df.flip_corr, exp[df['item'], 0], atol=1e-4); assert (df.unstable == unstable[df['item']]).all()
+    # res.show() says which maps are unstable, on a second title line
+    axs = res.show()
+    assert [a.get_title().endswith('\nunstable map') for a in axs[:6]] == unstable.tolist()
+    # the callback path (get_preds with GradCAMCallback) and get_boxes give the same numbers; grad mode is back on
+    g = learn.get_cams(dl=learn.dls.test_dl(fs), layer='0', stability=True)
+    np.testing.assert_allclose(g.stability[['flip_corr', 'shift_corr']].to_numpy(), exp, atol=1e-4)
+    assert torch.is_grad_enabled()
+    lb = get_boxes(fs[3], learn.dls, learn, layer='0', stability=True, show_img=False, min_prob=0)
+    np.testing.assert_allclose(lb.df[['flip_corr', 'shift_corr']].to_numpy()[0], exp[3], atol=1e-4)
+
+def test_stability_refuses_a_shift_that_does_not_fit():
+    from fastcam.sanity import batch_stability
+    with pytest.raises(ValueError, match=r"shift=8 pixels doesn't fit a \(16, 16\) input"):
+        batch_stability(_bright(0.), torch.rand(2, 3, 16, 16), [[1], [1]], layer=[0], shift=8)
