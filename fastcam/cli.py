@@ -18,7 +18,7 @@ from PIL import Image
 from fastcore.script import call_parse, parse_cli, store_true, CliError
 from fastai.vision.all import (DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, Flip, XResNet, ResBlock, Normalize, imagenet_stats,
                                vision_learner, accuracy, load_learner, Learner, create_body)
-from .core import learner_cam, several_layers
+from .core import learner_cam, several_layers, gather, _learner_target, _vocab, _learner_multi_label
 from .methods import small_xresnet, gap_linear_learner  # public in fastcam.methods (and fastcam.all); still importable from here
 from .boxes import MIN_PROB
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
@@ -220,7 +220,7 @@ _Job = namedtuple('_Job', 'read map title boxes raw rec vocab truth', defaults=(
 def _explain_batch(learn, batch, cfg) -> list:
     "Explain `batch` (`_Read`s) in one batch: a `_Job` per file with its map in original pixels (computed once, for its boxes and its overlay), boxes and record"
     res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True, tta=cfg['tta'],
-                      stability=bool(cfg.get('stability'))).to('cpu')   # boxes, overlays and records work on the CPU
+                      stability=bool(cfg.get('stability')), **_engine_opts(cfg)).to('cpu')   # boxes, overlays and records work on the CPU
     stable = _stability_fields(res)
     mos = work_maps(res)   # at most map_side pixels on the long side: bounded memory per file
     kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk'], original=mos) if cfg['mode']=='threshold' else {}
@@ -320,8 +320,39 @@ def _layer(s):
     return [int(i) for i in s.split(',')] if re.fullmatch(r'-?\d+(,-?\d+)*', s) else s
 
 def _target(s):
+    "A class (or with --output, a model output) from the command line: an index if it is an integer, else a name"
     if s is None or s=='all': return s
     return int(s) if re.fullmatch(r'-?\d+', s) else s
+
+def _grid(s):
+    "The patch grid `[h, w]` of `--grid HxW`"
+    if s is None: return None
+    m = re.fullmatch(r'\s*(\d+)\s*[xX]\s*(\d+)\s*', str(s))
+    if not m or int(m[1])==0 or int(m[2])==0: raise CliError(f"fastcam run: --grid {s}: give the patch grid as HxW, e.g. 14x14 (a 224 px input in 16 px patches)")
+    return [int(m[1]), int(m[2])]
+
+def _tokens(n):
+    if n is not None and n < 0: raise CliError(f"fastcam run: --tokens {n}: give the number of class/register tokens before the patch tokens, 0 or more")
+    return n
+
+def _engine_opts(cfg) -> dict:
+    "What `cam` takes of the run's options: `tokens=`, `grid=`, `output=`, those given"
+    return {k: cfg[k] for k in ('tokens', 'grid', 'output') if cfg.get(k) is not None}
+
+def _flags(kw) -> str: return ' '.join(f"--{k} {'x'.join(map(str, v)) if k=='grid' else v}" for k,v in kw.items())
+
+def _check_engine_opts(learn, files, cfg):
+    "A one-line error when --tokens, --grid or --output do not fit the model: the first file that reads goes once through `gather` (no backward)"
+    kw = _engine_opts(cfg)
+    if not kw: return
+    as_pil = _opens_pil(learn)
+    for f in files:
+        try: xb = learn.dls.test_dl([_read(f, as_pil).item], bs=1).one_batch()[0]
+        except Exception: continue   # a file that can't be read is reported with the run's errors
+        try: gather(learn.model, xb, several_layers(cfg['layer']) or [cfg['layer']], _learner_target(learn, cfg['target']), _vocab(learn),
+                    _learner_multi_label(learn), need_grad=False, **kw)
+        except ValueError as e: raise CliError(f"fastcam run: {_flags(kw)}: {_one_line(e)}") from None
+        return
 
 def _device(d):
     if d: return torch.device(d)
@@ -346,6 +377,7 @@ def _begin(out, learn, files, cfg, force, model, left_out, rank:int=0, world:int
     "Check the options against the model and against the records already in `out` (one line per problem; `force` recomputes records of other options), then record the run; its info"
     msgs = check_options(learn, cfg['layer'], cfg['target'], cfg['method'])
     if msgs: raise CliError('\n'.join(msgs))
+    _check_engine_opts(learn, files, cfg)
     info = run_info(model, run_options(cfg), processes=world,   # the inputs left out are counted here, listed in errors.csv and skipped.csv
                     inputs=dict(found=len(files), unreadable=sum(o['error'] for o in left_out), skipped=sum(not o['error'] for o in left_out)))
     cfg['_key'] = info['key']
@@ -383,6 +415,9 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         dicom_out:store_true=False, # Also write, per DICOM input, a DICOM SR and a presentation state of its boxes and a Segmentation of its map into dicom/ (needs highdicom)
         dicom_codes:str=None, # JSON file (implies --dicom-out) {"class": ["code value", "scheme", "meaning"]} coding the findings; default: the class name in scheme 99FASTCAM
         stability:store_true=False, # Also measure each map's agreement under a mirror image and a 4-pixel shift (flip_corr, shift_corr, unstable below 0.5 in boxes.csv and the report); a second forward and backward of 3x each batch
+        tokens:int=None, # Class/register tokens before the patch tokens of a transformer layer (a ViT's 1, DeiT's 2, with registers more); default: found from the shapes
+        grid:str=None, # The patch grid HxW of a transformer layer's tokens (e.g. 14x14 for 224 px in 16 px patches); default: found from the shapes
+        output:str=None, # For a model that returns several outputs: the one to explain, by position (0, 1, ...) or key; default: the first
         sanity:int=0, # After the run, Adebayo et al.'s randomization sanity check of the run's method and layer(s) on the first N explained files: sanity.csv and a report section (0: off)
         progress:Annotated[bool, dict(help="Don't show a progress bar")]=True): # Show a progress bar (the command line's --no-progress hides it)
     "Explain DICOM/image files into overlays, boxes.csv, boxes.coco.json, errors.csv and report.html in --out"
@@ -390,6 +425,8 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
     learner,inputs = (None,paths) if weights else (paths[0] if paths else None,paths[1:])
     if not inputs: raise CliError("fastcam run: no INPUT given: name files or folders to explain after LEARNER")
     if mode not in ('threshold', 'peak'): raise CliError(f"fastcam run: --mode must be 'threshold' or 'peak', not '{mode}'")
+    engine = _engine_opts(dict(tokens=_tokens(tokens), grid=_grid(grid), output=_target(output)))   # only those given: other runs' options stay as they were
+    if confirm and 'output' in engine: raise CliError(f"fastcam run: --confirm scores regions with the model's first output; it does not take --output {output} (leave one of them out)")
     try: check_threshold(threshold, '--threshold')
     except ValueError as e: raise CliError(f"fastcam run: {e}") from None
     if num_processes>1 and 'WORLD_SIZE' not in os.environ:
@@ -405,7 +442,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         dev = _device(device)
         learn = load_for_run(learner, trust, arch, weights, vocab, size, dev)
         cfg = dict(layer=_layer(layer), target=_target(target), method=method, bs=bs, mode=mode, threshold=threshold, min_area=min_area,
-                   topk=topk, min_prob=min_prob, confirm=confirm, save_maps=save_maps, tta=tta, stability=stability, **_truth_opts(truth))
+                   topk=topk, min_prob=min_prob, confirm=confirm, save_maps=save_maps, tta=tta, stability=stability, **engine, **_truth_opts(truth))
         try: cfg['dicom'] = dicom_config(dicom_codes, learn.model) if dicom_out or dicom_codes else None
         except (ImportError, ValueError) as e: raise CliError(f"fastcam run: --dicom-out: {e}")
         info = _begin(out, learn, files, cfg, force, model_identity(learn, learner, weights, arch, size), left_out, rank, world)
@@ -445,7 +482,7 @@ def _run_sanity(learn, out, files, n:int, cfg) -> list:
     path = Path(out)/'sanity.csv'
     done = [f for f in files if (r := _record(out, f)) is not None and not r.get('error')][:n] if n > 0 else []
     if not done: path.unlink(missing_ok=True); return None
-    try: sc = sanity_check(learn, done, methods=[cfg['method']], layers=several_layers(cfg['layer']) or [cfg['layer']], target=cfg['target'], progress=False)
+    try: sc = sanity_check(learn, done, methods=[cfg['method']], layers=several_layers(cfg['layer']) or [cfg['layer']], target=cfg['target'], progress=False, **_engine_opts(cfg))
     except Exception as e:
         print(f"fastcam run: --sanity failed, the run's outputs are written without it: {_one_line(e)}", file=sys.stderr)
         path.unlink(missing_ok=True); return None

@@ -13,7 +13,7 @@ from scipy.stats import spearmanr, pearsonr
 from skimage.metrics import structural_similarity
 from skimage.feature import hog
 from fastprogress.fastprogress import progress_bar
-from .core import cam, find_layer, several_layers, normalize_maps, upsample_maps, _as_batch, _model_device, _first_tensor, eval_mode, head_kind, out_probs, resolve_targets
+from .core import cam, find_layer, several_layers, normalize_maps, upsample_maps, _as_batch, _model_device, eval_mode, head_kind, out_probs, resolve_targets, pick_output, score_target, _learner_target
 
 # %% auto #0
 __all__ = ['model_blocks', 'randomize_', 'map_similarity', 'saliency', 'SanityCheck', 'sanity_check', 'stability',
@@ -68,8 +68,8 @@ def saliency(model:nn.Module, xb:Tensor, layer=None, method:str='gradcam', targe
              **kwargs) -> np.ndarray: # CAM methods: passed to `cam` (tokens, grid, output, the method's own)
     "Normalised maps `[B, H, W]` at the input's size: a CAM `method` at `layer` (several layers: their fused map), or the input-space 'guided_backprop' / 'guided_gradcam'"
     from fastcam.guided import GuidedBackprop, guided_gradcam, to_grayscale
-    if method=='guided_backprop': return to_grayscale(GuidedBackprop(model)(xb, target)[0][:,0]).detach().float().cpu().numpy()
-    if method=='guided_gradcam': return to_grayscale(guided_gradcam(model, xb, layer, target)[:,0]).detach().float().cpu().numpy()
+    if method=='guided_backprop': return to_grayscale(GuidedBackprop(model)(xb, target, output=kwargs.get('output'))[0][:,0]).detach().float().cpu().numpy()
+    if method=='guided_gradcam': return to_grayscale(guided_gradcam(model, xb, layer, target, **{k: kwargs[k] for k in ('output', 'tokens', 'grid') if k in kwargs})[:,0]).detach().float().cpu().numpy()
     return _at_input(cam(model, xb, layer=layer, target=target, method=method, fused=True, **kwargs), xb.shape[-2:])
 
 # %% ../nbs/15_sanity.ipynb #80ad18ae
@@ -101,10 +101,11 @@ def _batch(learn, x, dls=None):
     dl = (dls or learn.dls).test_dl(items, bs=len(items))
     return learn.model,torch.cat([b[0] for b in dl]),_vocab(learn)
 
-def _targets(model, xb, target, vocab):
+def _targets(model, xb, target, vocab, output=None):
     "The trained model's classes to explain, `[[t], ...]` one per item: every randomized model explains the same class"
+    if score_target(target) is not None: return target   # a score function (or 'increase'/'decrease'): the same for every model
     with torch.no_grad(), eval_mode(model):
-        out = _first_tensor(model(xb.to(_model_device(model, xb)))).float()
+        out = pick_output(model(xb.to(_model_device(model, xb))), output).float()
     return resolve_targets(target, out_probs(out, head_kind(out)), vocab)[:,:1].tolist()
 
 # %% ../nbs/15_sanity.ipynb #0b846fad
@@ -116,17 +117,19 @@ def sanity_check(learn, # a Learner (or a plain model, with `x` a preprocessed b
                  blocks:list=None, # dotted names of the blocks to randomize, input side first; None: `model_blocks(model)`
                  max_similarity:float=0.5, # the rule: pass when the median Spearman over the cascade is below it
                  train_fn=None, # optional: a function returning a model (or Learner) trained on randomly permuted labels
-                 seed:int=0, dls=None, progress:bool=True) -> SanityCheck:
+                 seed:int=0, dls=None, progress:bool=True,
+                 **kwargs) -> SanityCheck: # passed to `cam` (tokens, grid, output, the method's own)
     "Adebayo et al.'s cascading model-parameter randomization test (and, with `train_fn`, the data randomization test) on a copy of the model"
     model,xb,vocab = _batch(learn, x, dls)
-    targets = _targets(model, xb, target, vocab)
+    if not isinstance(learn, nn.Module): target = _learner_target(learn, target)   # 'increase' for a regression learner, as learn.cam
+    targets = _targets(model, xb, target, vocab, kwargs.get('output'))
     names = dict(_layer_name(model, l, xb) for l in layers)
     blocks = list(blocks or model_blocks(model))
-    ref = {(m,l): saliency(model, xb, names[l], m, targets) for m in methods for l in names}
+    ref = {(m,l): saliency(model, xb, names[l], m, targets, **kwargs) for m in methods for l in names}
     rows = []
     def compare(mdl, step, what):
         for (m,l),r in ref.items():
-            s = pd.DataFrame([map_similarity(a, b) for a,b in zip(r, saliency(mdl, xb, names[l], m, targets))]).mean()
+            s = pd.DataFrame([map_similarity(a, b) for a,b in zip(r, saliency(mdl, xb, names[l], m, targets, **kwargs))]).mean()
             rows.append(dict(method=m, layer=l, step=step, randomized=what, **s.to_dict()))
     rnd = copy.deepcopy(model)
     steps = list(enumerate(reversed(blocks), 1))
@@ -163,10 +166,11 @@ def stability(learn, # a Learner (or a plain model, with `x` a preprocessed batc
               layer=None, method:str='gradcam', target=None,
               shift:int=4, # pixels (at the model's input size) to shift by
               min_corr:float=0.5, # mark items whose flip or shift agreement is below this `unstable`
-              dls=None) -> pd.DataFrame:
+              dls=None,
+              **kwargs) -> pd.DataFrame: # passed to `cam` (tokens, grid, output, the method's own)
     "Per item: the correlation of its map with its mirror image's map (mirrored back) and with its shifted copy's map (shifted back), and `unstable`"
     model,xb,vocab = _batch(learn, x, dls)
-    return batch_stability(model, xb, _targets(model, xb, target, vocab), layer, method, shift, min_corr)
+    return batch_stability(model, xb, _targets(model, xb, target, vocab, kwargs.get('output')), layer, method, shift, min_corr, **kwargs)
 
 def _agreement(m, B:int, s:int, min_corr:float) -> pd.DataFrame:
     "flip_corr, shift_corr, unstable of the items of maps `m` `[3B, H, W]`: B items, their mirror images, their copies shifted by `s`"

@@ -231,10 +231,11 @@ def test_guided_backprop_of_a_chosen_output():
         GuidedBackprop(m)(xb, output='x')
 
 class TinyTwoHeads(nn.Module):
-    def __init__(self):
+    "Two heads (3 and `n_b` classes) on one small body: a model returning a tuple"
+    def __init__(self, n_b=4, seed=4):
         super().__init__()
-        self.body = _tiny(4)[:4]
-        self.a, self.b = nn.Linear(8, 3), nn.Linear(8, 4)
+        self.body = _tiny(seed)[:4]
+        self.a, self.b = nn.Linear(8, 3), nn.Linear(8, n_b)
     def forward(self, x):
         f = self.body(x).mean((2, 3))
         return self.a(f), self.b(f)
@@ -248,3 +249,44 @@ def test_score_cam_scores_the_chosen_output():
     f = lambda o: o[:, 2] - o[:, 0]
     torch.testing.assert_close(cam(m, xb, layer='body.2', target=f, output=0, method='scorecam', progress=False).maps,
                                cam(Only(m, 0), xb, layer='m.body.2', target=f, method='scorecam', progress=False).maps)
+
+def test_cli_output_reaches_the_engine(dls, tmp_path):
+    "fastcam run --output 1: the saved maps are learn.cam(output=1)'s (not the first head's); a head the model lacks is refused up front in one line"
+    import json
+    from pathlib import Path
+    from fastai.vision.all import Learner, CrossEntropyLossFlat
+    from fastcore.script import CliError
+    from fastcam.cli import run
+    learn = Learner(dls, TinyTwoHeads(n_b=3, seed=5).eval(), loss_func=CrossEntropyLossFlat())   # two three-class heads
+    learn.export(tmp_path/'two.pkl')
+    files = list(dls.valid.items[:3])
+    pkl, args, kw = str(tmp_path/'two.pkl'), [str(f) for f in files], dict(trust=True, device='cpu', save_maps=True, progress=False)
+    ref, first = learn.cam(files, output=1), learn.cam(files)
+    assert not torch.allclose(ref.maps, first.maps)
+    out = tmp_path/'out'
+    assert run(pkl, *args, out=str(out), output='1', stability=True, sanity=2, **kw) == 0
+    for f, m in zip(files, ref.maps): np.testing.assert_allclose(np.load(next((out/'maps').glob(f'{f.stem}_*.npy'))), m.numpy(), atol=1e-5)
+    recs = {Path(r['file']).name: r for r in map(json.loads, map(Path.read_text, (out/'records').glob('*.json')))}
+    for f, p, t in zip(files, ref.probs, ref.targets[:, 0]): assert recs[f.name]['prob'] == pytest.approx(float(p[t]), abs=1e-5)   # the head's probability
+    assert all('flip_corr' in r for r in recs.values()) and (out/'sanity.csv').is_file()
+    assert json.loads((out/'run.json').read_text())['options']['output'] == 1
+    with pytest.raises(CliError, match=r"^fastcam run: --output 2: output=2: the model returns a tuple of 2 outputs; pass one of positions 0\.\.1$"):
+        run(pkl, *args, out=str(tmp_path/'bad'), output='2', **kw)
+    with pytest.raises(CliError, match=r"^fastcam run: --confirm scores regions with the model's first output; it does not take --output 1"):
+        run(pkl, *args, out=str(tmp_path/'bad'), output='1', confirm=True, **kw)
+
+class Margin(nn.Module):
+    "One logit: the margin f(m(x)) of a classifier (a binary head whose class 1 score is the margin)"
+    def __init__(self, m, f): super().__init__(); self.m, self.f = m, f
+    def forward(self, x): return self.f(self.m(x))[:, None]
+
+def test_stability_and_sanity_take_score_targets():
+    "stability of a score function equals stability of the model whose one logit is that score (class 1 of a binary head); sanity_check runs it (both refused a function before)"
+    from fastcam.sanity import stability, sanity_check
+    m, f = _tiny(0, n=3), (lambda o: o[:, 2] - o[:, 0])
+    xb = torch.randn(3, 3, 32, 32)
+    pd_ = stability(m, xb, layer='2', target=f)
+    ref = stability(Margin(m, f).eval(), xb, layer='m.2', target=1)
+    np.testing.assert_allclose(pd_[['flip_corr', 'shift_corr']].to_numpy(), ref[['flip_corr', 'shift_corr']].to_numpy(), atol=1e-5)
+    sc = sanity_check(m, xb, layers=['2'], target=f, progress=False)
+    assert len(sc) == len(sc.step.unique()) >= 2 and sc.summary().shape[0] == 1

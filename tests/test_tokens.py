@@ -157,3 +157,36 @@ def test_fastai_vit_learner_end_to_end(dls, tmp_path):
     assert run(str(tmp_path/'vit.pkl'), *map(str, files), out=str(tmp_path/'out'), trust=True, device='cpu', save_maps=True, progress=False) == 0
     saved = {p.name.rsplit('_', 1)[0]: np.load(p) for p in (tmp_path/'out'/'maps').glob('*.npy')}
     for f, m in zip(files, ref.maps): np.testing.assert_allclose(saved[f.stem], m.numpy(), atol=1e-4)
+
+def test_cli_tokens_and_grid_reach_the_engine(dls, tmp_path):
+    "fastcam run --tokens/--grid: the saved maps are the Python call's with tokens=/grid=; wrong values are refused before any file, in one line; they are run options"
+    import json
+    from fastai.vision.all import vision_learner
+    from fastcore.script import CliError
+    from fastcam.cli import run
+    torch.manual_seed(0)
+    learn = vision_learner(dls, 'vit_tiny_patch16_224', pretrained=False, img_size=64, depth=2, embed_dim=48, num_heads=2)
+    files = list(dls.valid.items[:3])
+    learn.export(tmp_path/'vit.pkl')
+    pkl, args = str(tmp_path/'vit.pkl'), [str(f) for f in files]
+    kw = dict(trust=True, device='cpu', save_maps=True, progress=False)
+    ref = learn.cam(files, tokens=1, grid=(4, 4))
+    assert ref.layer == '0.model.blocks.1.norm1' and ref.maps.shape == (3, 1, 4, 4)
+    out = tmp_path/'out'
+    assert run(pkl, *args, out=str(out), tokens=1, grid='4x4', **kw) == 0
+    saved = {p.name.rsplit('_', 1)[0]: np.load(p) for p in (out/'maps').glob('*.npy')}
+    for f, m in zip(files, ref.maps): np.testing.assert_allclose(saved[f.stem], m.numpy(), atol=1e-4)
+    # a grid the shapes would not give (the 16 patch tokens read as 2x8): the run's maps follow the flags, so they reach the engine
+    odd = learn.cam(files, tokens=1, grid=(2, 8))
+    assert run(pkl, *args, out=str(tmp_path/'odd'), tokens=1, grid='2x8', **kw) == 0
+    assert odd.maps.shape == (3, 1, 2, 8)
+    for f, m in zip(files, odd.maps): np.testing.assert_allclose(np.load(next((tmp_path/'odd'/'maps').glob(f'{f.stem}_*.npy'))), m.numpy(), atol=1e-4)
+    opts = json.loads((out/'run.json').read_text())['options']
+    assert opts['tokens'] == 1 and opts['grid'] == [4, 4] and 'output' not in opts
+    with pytest.raises(CliError, match=r"^fastcam run: --tokens 3 --grid 4x4: layer '0.model.blocks.1.norm1' outputs \(1, 17, 48\): 17 tokens are not 3 prefix tokens and a 4x4 grid") as e:
+        run(pkl, *args, out=str(tmp_path/'bad'), tokens=3, grid='4x4', **kw)
+    assert '\n' not in str(e.value) and not (tmp_path/'bad'/'records').exists()
+    with pytest.raises(CliError, match=r"^fastcam run: --grid 4by4: give the patch grid as HxW, e.g. 14x14"): run(pkl, *args, out=str(tmp_path/'bad'), grid='4by4', **kw)
+    with pytest.raises(CliError, match=r"^fastcam run: --tokens -1: give the number of class/register tokens"): run(pkl, *args, out=str(tmp_path/'bad'), tokens=-1, **kw)
+    with pytest.raises(CliError, match=r"holds results made with other options.*grid: \[4, 4\] -> null; tokens: 1 -> null"):
+        run(pkl, *args, out=str(out), **kw)   # a resume without them: other options
