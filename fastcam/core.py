@@ -16,11 +16,11 @@ from .hooks import _first_tensor
 from .tokens import map_layout, patch_size_of, last_block
 
 # %% auto #0
-__all__ = ['eval_mode', 'module_name', 'input_channels', 'trace_modules', 'auto_layer', 'block_reaching_output', 'find_layer',
-           'head_kind', 'out_probs', 'class_scores', 'ScoreTarget', 'score_target', 'resolve_targets', 'CamResult',
-           'normalize_maps', 'upsample_maps', 'Gathered', 'gap_linear_head', 'pick_output', 'CamSession', 'gather',
-           'needs_grad', 'cam_result', 'several_layers', 'fuse_cams', 'unmirror', 'cam', 'with_stability',
-           'learner_cam', 'with_param_docs', 'layer_summary']
+__all__ = ['eval_mode', 'module_name', 'input_channels', 'trace_modules', 'auto_layer', 'stage_ends', 'block_reaching_output',
+           'stage_index', 'find_layer', 'head_kind', 'out_probs', 'class_scores', 'ScoreTarget', 'score_target',
+           'resolve_targets', 'CamResult', 'normalize_maps', 'upsample_maps', 'Gathered', 'gap_linear_head',
+           'pick_output', 'CamSession', 'gather', 'needs_grad', 'cam_result', 'several_layers', 'fuse_cams', 'unmirror',
+           'cam', 'with_stability', 'learner_cam', 'with_param_docs', 'layer_summary']
 
 # %% ../nbs/01_core.ipynb #3d52256d
 @contextmanager
@@ -125,6 +125,23 @@ def auto_layer(model:nn.Module, xb:Tensor) -> str:
     cache['auto',key] = name
     return name
 
+# %% ../nbs/01_core.ipynb #a1c5e2d1
+def stage_ends(model, xb:Tensor) -> list:
+    "Dotted names of the last module at each spatial resolution among the children of the module holding the last spatial layer, coarse last"
+    trace = trace_modules(model, xb)
+    shapes = {n: s for n,s in trace}
+    order = {n: i for i,(n,_) in enumerate(trace)}
+    name = auto_layer(model, xb)
+    while True:
+        prefix = name + '.' if name else ''
+        kids = [n for n in shapes if n.startswith(prefix) and n.count('.')==prefix.count('.') and n and n!=name and _is_spatial(shapes[n])]
+        ends = {}
+        for n in sorted(kids, key=order.get): ends[shapes[n][-2:]] = n
+        if len(ends) >= 2 or not name: break
+        name = name.rpartition('.')[0]
+    res = sorted(ends.values(), key=order.get)
+    return res or [auto_layer(model, xb)]
+
 # %% ../nbs/01_core.ipynb #43f91dca
 def _reaches_output(model, xb, name, layout) -> bool:
     "Whether the output of `model` on one item of `xb` has a nonzero gradient at some position of layer `name`'s map"
@@ -150,14 +167,29 @@ def block_reaching_output(model:nn.Module, xb:Tensor, block:str, layouts:list) -
     return norms[0]
 
 # %% ../nbs/01_core.ipynb #3412fd10
+def stage_index(spec) -> int:
+    "K of a stage spec 'stage:K' (Python indexing of `stage_ends`), None for any other layer; one-line error for a bad K"
+    if not (isinstance(spec, str) and spec.startswith('stage:')): return None
+    try: return int(spec[6:])
+    except ValueError: raise ValueError(f"layer '{spec}': a stage is named 'stage:K' with an integer K, e.g. 'stage:-1' (the last, coarsest stage) or 'stage:-2'") from None
+
+def _by_stage(model, spec, xb):
+    "`(name, module)` of the stage end `spec` names ('stage:-1' the last)"
+    k = stage_index(spec)
+    if xb is None: raise ValueError(f"layer '{spec}' is found by running the model: pass xb (learn.cam and fastcam run do)")
+    ends = stage_ends(model, xb)
+    if not -len(ends) <= k < len(ends): raise ValueError(f"layer '{spec}': the model has {len(ends)} stage ends ({', '.join(ends)}); use stage:-1 to stage:-{len(ends)}")
+    return _by_name(model, ends[k])
+
 def find_layer(model:nn.Module, layer=None, xb:Tensor=None) -> tuple:
-    "`(name, module)` for `layer`: a Module, an index path like `[0,-2]`, a dotted name, or None (automatic, needs `xb`)"
+    "`(name, module)` for `layer`: a Module, an index path like `[0,-2]`, a dotted name, a stage like 'stage:-2' (see `stage_ends`), or None (automatic, needs `xb`)"
     if layer is None: layer = auto_layer(model, xb)
+    if stage_index(layer) is not None: return _by_stage(model, layer, xb)
     if isinstance(layer, nn.Module): return module_name(model, layer),layer
     if isinstance(layer, int): layer = [layer]
     if isinstance(layer, (list,tuple)) and all(isinstance(i, int) for i in layer): return _by_path(model, layer)
     if isinstance(layer, str): return _by_name(model, layer)
-    raise ValueError(f"layer {layer!r} is not a Module, an index path like [0, -2], a dotted name or None")
+    raise ValueError(f"layer {layer!r} is not a Module, an index path like [0, -2], a dotted name, a stage like 'stage:-2' or None")
 
 # %% ../nbs/01_core.ipynb #3dd30da6
 def head_kind(out:Tensor, multi_label:bool=False) -> str:

@@ -168,13 +168,13 @@ def resume_conflict(out, keys, info:dict) -> str|None:
 def check_options(learn, layer=None, target=None, method:str='gradcam') -> list:
     "One line per option of `fastcam run` that does not fit the model: the method's name, each layer, the target class"
     from fastcam.methods import methods
-    from fastcam.core import find_layer, several_layers, _class_index
+    from fastcam.core import find_layer, several_layers, stage_index, _class_index
     msgs = []
     if not callable(method) and method not in methods:
         msgs.append(f"fastcam run: unknown --method '{method}'; choose one of: {', '.join(sorted(methods))}")
     for l in (several_layers(layer) or [layer]):
         if l is None: continue
-        try: find_layer(learn.model, l)
+        try: stage_index(l) if stage_index(l) is not None else find_layer(learn.model, l)   # a stage is found on the first batch
         except Exception as e: msgs.append(f"fastcam run: --layer {l if isinstance(l, str) else ','.join(map(str, l))}: {' '.join(str(e).split())}")
     vocab = list(getattr(learn.dls, 'vocab', None) or [])
     if target is not None and target!='all' and vocab:

@@ -12,12 +12,12 @@ import numpy as np, pandas as pd, torch
 from torch import Tensor
 from fastcore.basics import patch
 from fastai.learner import Learner
-from .core import learner_cam, fuse_cams, trace_modules, auto_layer, find_layer, _is_spatial
+from .core import learner_cam, fuse_cams, trace_modules, auto_layer, find_layer, stage_ends, _is_spatial
 from .metrics import (as_boxes, box_iou, pointing_hits, max_box_acc_v2, read_boxes_csv, read_coco, read_rle_csv, mask_to_boxes, _gt_for, _is_mask)
 
 # %% auto #0
-__all__ = ['default_recipe', 'check_recipe', 'recipe_path', 'save_recipe', 'load_recipe', 'learner_recipe', 'stage_ends',
-           'layer_candidates', 'read_truth', 'coco_ap50', 'recipe_table', 'sort_recipes', 'table_recipe']
+__all__ = ['default_recipe', 'check_recipe', 'recipe_path', 'save_recipe', 'load_recipe', 'learner_recipe', 'layer_candidates',
+           'read_truth', 'coco_ap50', 'recipe_table', 'sort_recipes', 'table_recipe']
 
 # %% ../nbs/13_tune.ipynb #25b6c37d
 default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=0.7, min_area=16, topk=1)
@@ -67,27 +67,11 @@ def use_recipe(self:Learner, recipe=None):
     return self
 
 # %% ../nbs/13_tune.ipynb #b2c1af9e
-def stage_ends(model, xb:Tensor) -> list:
-    "Dotted names of the last module at each spatial resolution among the children of the module holding the last spatial layer, coarse last"
-    trace = trace_modules(model, xb)
-    shapes = {n: s for n,s in trace}
-    order = {n: i for i,(n,_) in enumerate(trace)}
-    name = auto_layer(model, xb)
-    while True:
-        prefix = name + '.' if name else ''
-        kids = [n for n in shapes if n.startswith(prefix) and n.count('.')==prefix.count('.') and n and n!=name and _is_spatial(shapes[n])]
-        ends = {}
-        for n in sorted(kids, key=order.get): ends[shapes[n][-2:]] = n
-        if len(ends) >= 2 or not name: break
-        name = name.rpartition('.')[0]
-    res = sorted(ends.values(), key=order.get)
-    return res or [auto_layer(model, xb)]
-
-def layer_candidates(ends:list) -> list:
-    "Layer choices from stage ends: the last three alone, then the last two, three and four fused"
-    single = [e for e in ends[-3:]]
-    fused = [list(ends[-k:]) for k in (2, 3, 4) if k <= len(ends)]
-    return single[::-1] + fused
+def layer_candidates(n:int) -> list:
+    "Layer choices for a network of `n` stages, named as stages ('stage:-1', ...): the last three alone, then the last two, three and four fused"
+    single = [f'stage:{-k}' for k in (1, 2, 3) if k <= n]
+    fused = [[f'stage:{-i}' for i in range(k, 0, -1)] for k in (2, 3, 4) if k <= n]
+    return single + fused
 
 # %% ../nbs/13_tune.ipynb #619552d9
 def read_truth(gt, # a dict file -> boxes `[K, 4]` or mask `[H, W]`, or the path of a boxes CSV, a COCO JSON or a SIIM RLE CSV
@@ -198,7 +182,8 @@ def recipe_table(learn, items:list, # the Learner, and labelled files (an item w
     items = list(items)
     gts = _gts_of(items, gt)
     xb = learn.dls.test_dl(items[:1]).one_batch()[0]
-    cands = _names(learn.model, xb, layers if layers is not None else layer_candidates(stage_ends(learn.model, xb)))
+    specs = list(layers) if layers is not None else layer_candidates(len(stage_ends(learn.model, xb)))
+    cands = _names(learn.model, xb, specs)
     names = list(dict.fromkeys(n for c in cands for n in (c if isinstance(c, list) else [c])))
     rows,grid = [],[(m,t) for m in methods for t in tta]
     for method,t in (progress_bar(grid) if progress else grid):
@@ -206,9 +191,9 @@ def recipe_table(learn, items:list, # the Learner, and labelled files (an item w
         d = learner_cam(learn, items, names if len(names) > 1 else names[0], target, method, bs=bs, tta=t)
         secs = time.perf_counter() - t0
         d = d if isinstance(d, dict) else {names[0]: d}
-        for c in cands:
+        for spec,c in zip(specs, cands):
             r = d[c] if isinstance(c, str) else d[c[0]] if len(c)==1 else fuse_cams([d[o] for o in c])
-            rows += [dict(method=method, layer=c, tta=t, **o) for o in _measure(r, gts, thresholds, min_area, tolerance, secs)]
+            rows += [dict(method=method, layer=spec, tta=t, **o) for o in _measure(r, gts, thresholds, min_area, tolerance, secs)]
     df = pd.DataFrame(rows)
     df.insert(len(df.columns), 'n_items', len(items)); df.insert(len(df.columns), 'n_boxes', sum(len(g)>0 for g in gts))
     return sort_recipes(df)

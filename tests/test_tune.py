@@ -89,4 +89,25 @@ def test_stage_ends_of_a_torchvision_resnet():
     from torchvision.models import resnet18
     ends = stage_ends(resnet18(), torch.zeros(1, 3, 64, 64))
     assert ends == ['relu', 'layer1', 'layer2', 'layer3', 'layer4']
-    assert layer_candidates(ends)[:3] == ['layer4', 'layer3', 'layer2']
+    assert layer_candidates(len(ends))[:3] == ['stage:-1', 'stage:-2', 'stage:-3']
+    from fastcam.core import find_layer
+    m = resnet18()
+    assert [find_layer(m, s, torch.zeros(1, 3, 64, 64))[1] for s in ('stage:-1', 'stage:-2', 'stage:-3')] == [m.layer4, m.layer3, m.layer2]
+
+def test_stage_names_give_the_maps_of_those_modules(tmp_path):
+    "learn.cam and fastcam run with 'stage:-2' (and a fused list of stages) give the maps of the modules stage_ends names, found independently here"
+    from conftest import exported_dicom_learner
+    from fastcam.core import stage_ends
+    from fastcam.cli import run
+    learn = exported_dicom_learner(tmp_path, n=8)
+    items = sorted((tmp_path/'train').rglob('*.dcm'))[:4]
+    xb = learn.dls.test_dl(items[:1]).one_batch()[0]
+    ends = stage_ends(learn.model, xb)
+    a,b = learn.cam(items, layer='stage:-2'),learn.cam(items, layer=ends[-2])
+    assert a.layer == ends[-2] and torch.equal(a.maps, b.maps)
+    f,g = learn.cam(items, layer=['stage:-2', 'stage:-1'], fused=True),learn.cam(items, layer=ends[-2:], fused=True)
+    assert torch.allclose(f.maps, g.maps)
+    with pytest.raises(ValueError, match="integer K"): learn.cam(items, layer='stage:two')
+    run(str(tmp_path/'model.pkl'), *[str(o) for o in items], out=str(tmp_path/'out'), layer='stage:-2', trust=True, progress=False)
+    info = json.loads((tmp_path/'out'/'run.json').read_text())
+    assert 'stage:-2' in json.dumps(info)
