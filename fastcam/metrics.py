@@ -673,7 +673,7 @@ def evaluate_cams(learn, items:list, # the Learner, and the files to explain
                   protocol:str='fastcam', # for MaxBoxAcc(V2) and PxAP: 'fastcam' or 'wsol' (`fastcam.protocols`)
                   extra=(), # more, by name: 'road' (ROAD; 18 imputed images per map), 'sanity' (the randomization check on up to 8 items)
                   output=None, # which output of a model that returns several (a position or key, as `cam`'s); None: the first
-                  ) -> CamEvaluation:
+                  **kwargs) -> CamEvaluation: # more options of `cam`: tokens=, grid= (a transformer layer's prefix tokens and grid), a method's own
     "One row per method x layer: localization (and faithfulness) metrics of the maps of `items` against `gt`"
     from fastprogress.fastprogress import progress_bar
     from fastcam.core import learner_cam, upsample_maps, _learner_target
@@ -685,7 +685,7 @@ def evaluate_cams(learn, items:list, # the Learner, and the files to explain
     score = score_target(_learner_target(learn, target))   # a score target: the metrics measure its score, as the maps explain it
     rows = []
     for method,layer in progress_bar([(m,l) for m in methods for l in layers]):
-        res,name = _fused_or_one(learner_cam(learn, items, layer, target, method, bs=bs, output=output))
+        res,name = _fused_or_one(learner_cam(learn, items, layer, target, method, bs=bs, output=output, **kwargs))
         omaps = [res.original_maps(i, fill=float('nan'), normalize=relu)[0] for i in range(len(items))]
         r = dict(method=method, layer=name)
         if any(b is not None and len(b) for b in boxes):
@@ -705,7 +705,7 @@ def evaluate_cams(learn, items:list, # the Learner, and the files to explain
             r['road'] = road(learn.model, xb, upsample_maps(res.normalized(relu), res.input_size)[:, :1], t, progress=False, output=output)
         if 'sanity' in extra:
             from fastcam.sanity import sanity_check
-            s = sanity_check(learn, items[:8], [method], [layer], target, progress=False).summary().iloc[0]
+            s = sanity_check(learn, items[:8], [method], [layer], target, progress=False, output=output, **kwargs).summary().iloc[0]
             r['sanity_spearman'],r['sanity_passed'] = s.spearman,bool(s.passed)
         rows.append(r)
     return CamEvaluation(rows)

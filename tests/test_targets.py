@@ -290,3 +290,17 @@ def test_stability_and_sanity_take_score_targets():
     np.testing.assert_allclose(pd_[['flip_corr', 'shift_corr']].to_numpy(), ref[['flip_corr', 'shift_corr']].to_numpy(), atol=1e-5)
     sc = sanity_check(m, xb, layers=['2'], target=f, progress=False)
     assert len(sc) == len(sc.step.unique()) >= 2 and sc.summary().shape[0] == 1
+
+def test_evaluate_cams_of_a_chosen_output(dls):
+    "evaluate_cams(output=1) scores head 1 everywhere (maps, faithfulness, ROAD, sanity): the same table as for the model that returns only head 1"
+    from fastai.vision.all import Learner, CrossEntropyLossFlat
+    from fastcam.metrics import evaluate_cams
+    m = TinyTwoHeads(n_b=3, seed=5).eval()
+    files = list(dls.valid.items[:2])
+    gt = {str(f): [[8, 8, 40, 40]] for f in files}
+    ev = evaluate_cams(Learner(dls, m, loss_func=CrossEntropyLossFlat()), files, gt, output=1, extra=('road', 'sanity'))
+    ref = evaluate_cams(Learner(dls, Only(m, 1), loss_func=CrossEntropyLossFlat()), files, gt, extra=('road', 'sanity'))
+    first = evaluate_cams(Learner(dls, Only(m, 0), loss_func=CrossEntropyLossFlat()), files, gt)
+    cols = ['pointing_game', 'max_box_acc', 'average_drop', 'increase_in_confidence', 'road', 'sanity_spearman']
+    np.testing.assert_allclose(ev[cols].to_numpy(float), ref[cols].to_numpy(float), atol=1e-6)
+    assert ev.average_drop[0] != pytest.approx(first.average_drop[0])

@@ -190,3 +190,16 @@ def test_cli_tokens_and_grid_reach_the_engine(dls, tmp_path):
     with pytest.raises(CliError, match=r"^fastcam run: --tokens -1: give the number of class/register tokens"): run(pkl, *args, out=str(tmp_path/'bad'), tokens=-1, **kw)
     with pytest.raises(CliError, match=r"holds results made with other options.*grid: \[4, 4\] -> null; tokens: 1 -> null"):
         run(pkl, *args, out=str(out), **kw)   # a resume without them: other options
+
+def test_evaluate_cams_takes_tokens_and_grid(dls):
+    "evaluate_cams(tokens=, grid=) reads the transformer layer as told: its MaxBoxAcc is that of learn.cam's maps with the same options"
+    from fastai.vision.all import vision_learner
+    from fastcam.metrics import evaluate_cams, max_box_acc
+    torch.manual_seed(0)
+    learn = vision_learner(dls, 'vit_tiny_patch16_224', pretrained=False, img_size=64, depth=2, embed_dim=48, num_heads=2)
+    files = list(dls.valid.items[:4])
+    gt = {str(f): [[0, 0, 40, 24]] for f in files}
+    ev = evaluate_cams(learn, files, gt, tokens=1, grid=(2, 8), faithfulness=False)
+    r = learn.cam(files, tokens=1, grid=(2, 8))
+    assert r.maps.shape[-2:] == (2, 8)
+    assert ev.max_box_acc[0] == pytest.approx(max_box_acc([r.original_maps(i, fill=float('nan'))[0] for i in range(4)], [gt[str(f)] for f in files]))
