@@ -267,7 +267,8 @@ def _controls(ok, has_iou, has_stability:bool=False) -> str:
 def _sanity_section(rows) -> str:
     "The randomization sanity check of a run with --sanity: per method and layer, the median similarities over the cascade and whether it passed"
     if not rows: return ''
-    body = [(r['method'], r['layer'], r.get('files', ''), float(r['spearman']), float(r['ssim']), float(r['hog']), 'passed' if r['passed'] else 'FAILED') for r in rows]
+    body = [(r['method'], r['layer'], r.get('files', ''), float(r['spearman']), float(r['ssim']), float(r['hog']),
+             'passed' if r['passed'] else 'FAILED: empty maps' if r.get('items')==0 else 'FAILED') for r in rows]
     note = ("Adebayo et al.'s cascading randomization test: the model's blocks are re-initialised one at a time from the output down (on a copy) and each map is "
             "compared with the trained model's. A method passes when its maps change, i.e. the median Spearman correlation is below 0.5; "
             "a map that fails looks the same for a random model, so it shows the image rather than what the model learnt (see fastcam.sanity).")

@@ -16,8 +16,8 @@ from fastprogress.fastprogress import progress_bar
 from .core import cam, find_layer, several_layers, normalize_maps, upsample_maps, _as_batch, _model_device, eval_mode, head_kind, out_probs, resolve_targets, pick_output, score_target, _learner_target
 
 # %% auto #0
-__all__ = ['model_blocks', 'randomize_', 'map_similarity', 'saliency', 'SanityCheck', 'sanity_check', 'stability',
-           'batch_stability']
+__all__ = ['model_blocks', 'randomize_', 'map_similarity', 'saliency', 'SanityCheck', 'label_randomized', 'sanity_check',
+           'stability', 'batch_stability']
 
 # %% ../nbs/15_sanity.ipynb #894c2b66
 def _has_params(m): return next(m.parameters(), None) is not None
@@ -80,12 +80,33 @@ class SanityCheck(pd.DataFrame):
     def _constructor(self): return SanityCheck
 
     def summary(self) -> pd.DataFrame:
-        "Per method x layer: the median over the cascade of each similarity, and `passed` (median Spearman < `max_similarity`)"
-        c = self[self.step!='labels'].groupby(['method', 'layer'], sort=False)[['spearman', 'ssim', 'hog']].median()
-        c['passed'] = c.spearman < self.max_similarity
+        "Per method x layer: the median over the cascade of each similarity, `items` compared, and `passed` (median Spearman < `max_similarity`; never with no non-empty trained map); with the data randomization test, `labels_spearman` and `labels_passed` (the same cut-off)"
+        g = self[self.step!='labels'].groupby(['method', 'layer'], sort=False)
+        c = g[['spearman', 'ssim', 'hog']].median()
+        c['items'] = g['items'].min()
+        c['passed'] = c.spearman < self.max_similarity   # NaN (no map to compare) is not below it
         lab = self[self.step=='labels'].set_index(['method', 'layer'])
-        if len(lab): c['labels_spearman'] = lab.spearman
+        if len(lab): c['labels_spearman'],c['labels_passed'] = lab.spearman,lab.spearman < self.max_similarity
         return c
+
+# %% ../nbs/15_sanity.ipynb #3b8449bd
+def _fingerprint(m:nn.Module) -> list:
+    "Sum and norm of each parameter: they change when a model is trained"
+    return [(float(p.detach().double().sum()), float(p.detach().double().norm())) for p in m.parameters()]
+
+def label_randomized(train_fn, # `train_fn(model)`: trains the model it gets on randomly permuted labels, returns it (or its Learner)
+                     model:nn.Module, # the model checked; never given to `train_fn`
+                     seed:int=0) -> nn.Module:
+    "The model of Adebayo et al.'s data randomization test: `train_fn` gets a copy of `model` re-initialised as if freshly built (the paper trains from scratch), and must return it trained"
+    given = randomize_(copy.deepcopy(model), seed)
+    init = _fingerprint(given)
+    r = train_fn(given)
+    m = getattr(r, 'model', r)
+    if not isinstance(m, nn.Module): raise ValueError(f"sanity_check: train_fn returned {'None' if r is None else type(r).__name__}; it must return the model (or Learner) it trained on permuted labels")
+    if m is model: raise ValueError("sanity_check: train_fn returned the model being checked; it must return the copy it was given, trained on permuted labels")
+    if m is given and _fingerprint(m)==init: raise ValueError("sanity_check: train_fn returned the model it was given untrained (its weights are unchanged); fit it on permuted labels before returning it")
+    return m
+
 
 # %% ../nbs/15_sanity.ipynb #ca81370f
 def _batch(learn, x, dls=None):
@@ -116,7 +137,7 @@ def sanity_check(learn, # a Learner (or a plain model, with `x` a preprocessed b
                  target=None, # the class to explain (as in `cam`); None: each item's predicted class on the trained model
                  blocks:list=None, # dotted names of the blocks to randomize, input side first; None: `model_blocks(model)`
                  max_similarity:float=0.5, # the rule: pass when the median Spearman over the cascade is below it
-                 train_fn=None, # optional: a function returning a model (or Learner) trained on randomly permuted labels
+                 train_fn=None, # optional, the data randomization test: `train_fn(model)` gets a re-initialised copy of the model, trains it on randomly permuted labels and returns it (or its Learner)
                  seed:int=0, dls=None, progress:bool=True,
                  **kwargs) -> SanityCheck: # passed to `cam` (tokens, grid, output, the method's own)
     "Adebayo et al.'s cascading model-parameter randomization test (and, with `train_fn`, the data randomization test) on a copy of the model"
@@ -129,17 +150,17 @@ def sanity_check(learn, # a Learner (or a plain model, with `x` a preprocessed b
     rows = []
     def compare(mdl, step, what):
         for (m,l),r in ref.items():
-            s = pd.DataFrame([map_similarity(a, b) for a,b in zip(r, saliency(mdl, xb, names[l], m, targets, **kwargs))]).mean()
-            rows.append(dict(method=m, layer=l, step=step, randomized=what, **s.to_dict()))
+            keep = [np.ptp(a) > 0 for a in r]   # an empty trained map (nothing above its minimum) has nothing to compare: left out
+            sims = [map_similarity(a, b) for a,b,k in zip(r, saliency(mdl, xb, names[l], m, targets, **kwargs), keep) if k]
+            s = pd.DataFrame(sims, columns=['spearman', 'ssim', 'hog'], dtype=float).mean()
+            rows.append(dict(method=m, layer=l, step=step, randomized=what, **s.to_dict(), items=sum(keep)))
     rnd = copy.deepcopy(model)
     steps = list(enumerate(reversed(blocks), 1))
     for k,b in (progress_bar(steps, leave=False) if progress else steps):
         randomize_(rnd.get_submodule(b), seed + k)
         compare(rnd, str(k), f'down to {b}')
     del rnd
-    if train_fn is not None:
-        r = train_fn()
-        compare(getattr(r, 'model', r), 'labels', 'trained on permuted labels')
+    if train_fn is not None: compare(label_randomized(train_fn, model, seed), 'labels', 'trained on permuted labels')
     res = SanityCheck(rows)
     res.max_similarity = max_similarity
     return res

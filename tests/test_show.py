@@ -231,3 +231,62 @@ def test_stability_of_the_trained_model(trained):
     print('\n', st.describe().round(3).to_string())
     assert (st.unstable == ((st.flip_corr < 0.5) | (st.shift_corr < 0.5))).all()
     assert (~st.unstable).mean() >= 0.75
+
+def test_sanity_check_fails_maps_that_ignore_the_randomized_blocks(trained):
+    """The check must also FAIL when a map does not depend on the weights being randomized. Known answer: EigenCAM (the
+    activations' first principal component, no gradient) at the stem's last conv '0.2' is a function of the blocks below
+    that layer only, so the cascade's first five steps (head, then the four stages) leave its maps bit-identical: Spearman,
+    SSIM and HOG exactly 1; the median over the 8 steps is 1 and it fails. Grad-CAM at the same layer weights the same
+    activations by gradients from the randomized blocks above: its maps change and it passes."""
+    from fastcam.sanity import sanity_check, model_blocks
+    learn, *_ = trained
+    files, _ = _held_out_positives(trained)
+    assert model_blocks(learn.model) == ['0.0', '0.1', '0.2', '0.4', '0.5', '0.6', '0.7', '1.2']
+    sc = sanity_check(learn, files[:8], methods=('eigencam', 'gradcam'), layers=([0, 2],), progress=False)
+    s = sc.summary()
+    print('\n', sc.round(3).to_string(), '\n', s.round(3).to_string())
+    eig = sc[sc.method == 'eigencam'].set_index('step')
+    np.testing.assert_allclose(eig.loc[['1', '2', '3', '4', '5'], ['spearman', 'ssim', 'hog']].to_numpy(), 1., atol=1e-6)
+    assert eig.loc['6', 'spearman'] < 0.99                       # randomizing '0.2' itself changes them
+    assert not s.loc[('eigencam', '0.2'), 'passed'] and s.loc[('eigencam', '0.2'), 'spearman'] == pytest.approx(1.)
+    assert s.loc[('gradcam', '0.2'), 'passed']
+
+def test_data_randomization_with_a_train_fn(trained):
+    """Adebayo et al.'s data randomization test through `train_fn`: it gets a re-initialised copy (never the user's model),
+    fits it here on the training set with its labels permuted, and the table gets a 'labels' row per method x layer. Known
+    answers: a train_fn returning the trained weights gives maps identical to the trained ones (Spearman 1, fails); one
+    returning nothing useful is refused in one line. The user's model is bit-identical afterwards."""
+    from fastai.learner import Learner
+    from fastcam.sanity import sanity_check
+    learn, dls, path, lb, bx, _ = trained
+    files, _ = _held_out_positives(trained)
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    training, grad = learn.model.training, torch.is_grad_enabled()
+    got = []
+    def fit_on_permuted_labels(model):
+        got.append((model, [p.detach().clone() for p in model.parameters()]))
+        df = lb.copy()
+        train = ~df.is_valid.astype(bool)
+        df.loc[train, 'label'] = np.random.default_rng(1).permutation(df.loc[train, 'label'].to_numpy())
+        l2 = Learner(synth_dls(path, df, SIZE, bs=BS, seed=SEED), model)
+        assert list(l2.dls.vocab) == list(learn.dls.vocab)          # the same classes, so the same class index is explained
+        with l2.no_bar(), l2.no_logging(): l2.fit_one_cycle(2, LR)
+        return l2
+    kw = dict(methods=('gradcam',), layers=([0, -1],), progress=False)
+    sc = sanity_check(learn, files[:8], train_fn=fit_on_permuted_labels, **kw)
+    s = sc.summary()
+    print('\n', sc.round(3).to_string(), '\n', s.round(3).to_string())
+    (given, init), = got
+    assert given is not learn.model and not any(torch.equal(p, before[k]) for (k, _), p in zip(learn.model.named_parameters(), init))
+    lab = sc[sc.step == 'labels']
+    assert len(lab) == 1 and lab.randomized.item() == 'trained on permuted labels' and np.isfinite(lab[['spearman', 'ssim', 'hog']].to_numpy()).all()
+    assert {'labels_spearman', 'labels_passed'} <= set(s.columns) and s.labels_spearman.item() == pytest.approx(lab.spearman.item())
+    assert s.labels_passed.item() == (lab.spearman.item() < 0.5)
+    import copy
+    same = sanity_check(learn, files[:8], train_fn=lambda m: copy.deepcopy(learn.model), blocks=['1.2'], **kw)   # the trained weights: identical maps
+    assert same[same.step == 'labels'].spearman.item() == pytest.approx(1.) and not same.summary().labels_passed.item()
+    for fn, msg in ((lambda m: None, 'train_fn returned None'), (lambda m: 0.9, 'train_fn returned float'),
+                    (lambda m: m, 'returned the model it was given untrained'), (lambda m: learn, 'returned the model being checked')):
+        with pytest.raises(ValueError, match=msg): sanity_check(learn, files[:2], train_fn=fn, blocks=['1.2'], **kw)
+    assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+    assert learn.model.training == training and torch.is_grad_enabled() == grad

@@ -146,3 +146,12 @@ def test_stability_refuses_a_shift_that_does_not_fit():
     from fastcam.sanity import batch_stability
     with pytest.raises(ValueError, match=r"shift=8 pixels doesn't fit a \(16, 16\) input"):
         batch_stability(_bright(0.), torch.rand(2, 3, 16, 16), [[1], [1]], layer=[0], shift=8)
+
+def test_report_says_when_a_check_had_only_empty_maps():
+    "A method whose trained maps were all empty (SanityCheck.summary: items 0, spearman NaN) fails, and the report says why"
+    from fastcam.report import _sanity_section
+    nan = float('nan')
+    p = _Tables(); p.feed(_sanity_section([dict(method='gradcam', layer='0', files=2, spearman=nan, ssim=nan, hog=nan, items=0, passed=False),
+                                           dict(method='gradcam', layer='1', files=2, spearman=0.7, ssim=0.5, hog=0.4, items=2, passed=False)]))
+    cells = p.sections['sanity']
+    assert cells[13] == 'FAILED: empty maps' and cells[20] == 'FAILED'
