@@ -361,11 +361,11 @@ def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
         for t,c in enumerate(res.targets[b].tolist()):
             if c < 0: continue
             p = float(res.probs[b,c])
-            if p < min_prob: rows.append(_no_box(b, t, c, names[b][t], p, 'below min_prob')); continue
+            if p < min_prob: rows.append(_no_box(b, t, c, names[b][t], p, 'below min_prob')); continue   # NaN (a score target: no probability) is never below
             bx,_ = peak_boxes(res.maps[b,t], hw, g, relu) if mode=='peak' else threshold_boxes(mo[t], threshold, min_area, topk, score, relu=False)
             if confirm: jobs.append((len(rows), b, t, c, names[b][t], p, hw, mo[t], bx)); rows.append(None); continue
             if not len(bx): rows.append(_no_box(b, t, c, names[b][t], p, 'no region')); continue
-            rows += [(b, t, c, names[b][t], p, *map(int, box), p*float(s), '') for box,s in zip(bx, box_mass_share(mo[t], bx))]
+            rows += [(b, t, c, names[b][t], p, *map(int, box), (p if p==p else 1.)*float(s), '') for box,s in zip(bx, box_mass_share(mo[t], bx))]
     if jobs:
         from fastcam.confirm import confirm_jobs
         done = confirm_jobs(jobs, res, model, xb, g, min_area, topk)

@@ -244,7 +244,7 @@ def _explain_batch(learn, batch, cfg) -> list:
                                score=float(r['score'])) for r in boxes[i]], reason='' if boxes[i] else reasons[i] or 'no region')
         record_mm(rec)   # box sizes in mm from the file's PixelSpacing or ImagerPixelSpacing (fastcam.dicom_out)
         if stable: rec.update(stable[i])   # flip_corr, shift_corr, unstable (--stability)
-        jobs.append(_Job(o, with_unseen(mos[i][0], res.geometry), f"{vocab[c]} p={float(res.probs[i,c]):.2f}", boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab,
+        jobs.append(_Job(o, with_unseen(mos[i][0], res.geometry), f"{vocab[c]}" + (f" p={float(res.probs[i,c]):.2f}" if res.probs[i,c]==res.probs[i,c] else ""), boxes[i], res.maps[i].numpy() if cfg['save_maps'] else None, rec, vocab,
                          cfg['_truth'].boxes(o.file, res.orig_sizes[i]) if cfg.get('_truth') else None))
     return jobs
 
@@ -490,6 +490,12 @@ def _run_sanity(learn, out, files, n:int, cfg) -> list:
     return [dict(r, files=len(done)) for r in sc.summary().reset_index().to_dict('records')]
 
 # %% ../nbs/11_cli.ipynb #b6a21c15
+def _run_vocab(learn, recs) -> list:
+    "The learner's classes, then the names the records explain that are not among them (a score target's, e.g. 'increase' for a regression learner)"
+    vocab = [str(v) for v in (getattr(learn.dls, 'vocab', None) or [])]
+    seen = [str(n) for r in recs if not r.get('error') for n in (r.get('class'), *(b['class'] for b in r.get('boxes') or [])) if n is not None]
+    return vocab + [n for n in dict.fromkeys(seen) if n not in vocab]
+
 def _finish(out, files, learn, skipped, secs, world:int=1, info:dict=None, left_out=(), truth=None, sanity:list=None):
     "Write the outputs from the records of `files` and the inputs `left_out` (unreadable ones are errors, the rest go to skipped.csv), evaluated against `truth` when given; print the summary; the exit code"
     recs = [json.loads(_record_path(out, f).read_text()) for f in files if _record_path(out, f).exists()]
@@ -499,7 +505,7 @@ def _finish(out, files, learn, skipped, secs, world:int=1, info:dict=None, left_
     ok = sum(not r.get('error') for r in recs)
     failed = len(recs) - ok
     summary = dict(done=ok-skipped, skipped=skipped, failed=failed)
-    vocab = list(getattr(learn.dls, 'vocab', []) or [])
+    vocab = _run_vocab(learn, recs)
     if info is not None and not info['layers']:   # the automatic layer, as the engine resolved it
         info['layers'] = sorted({str(r['layer']) for r in recs if r.get('layer')}); save_run_info(out, info)
     ev = evaluate_run(recs, vocab, truth) if truth is not None else None   # puts `iou` on every box

@@ -141,7 +141,7 @@ function apply(){
   const cls=$('#f-pred').value,band=$('#f-band').value,box=$('#f-box').value,q=$('#f-text').value.toLowerCase();
   const [lo,hi]=band?band.split('-').map(Number):[0,2];let n=0;
   for(const c of cards()){const d=c.dataset,p=+d.p;
-    const ok=(!cls||d.pred===cls)&&p>=lo&&(p<hi||(hi>=1&&p<=1))&&(!box||(box==='box'?d.box==='1':box==='nobox'?d.box==='0':box==='unstable'?d.unstable==='1':d.low==='1'))&&(!q||d.file.toLowerCase().includes(q));
+    const ok=(!cls||d.pred===cls)&&(!band||p>=lo&&(p<hi||(hi>=1&&p<=1)))&&(!box||(box==='box'?d.box==='1':box==='nobox'?d.box==='0':box==='unstable'?d.unstable==='1':d.low==='1'))&&(!q||d.file.toLowerCase().includes(q));
     c.hidden=!ok;if(ok)n++;}
   $('#shown').textContent=n+' of '+cards().length+' files shown';}
 function sortBy(){const k=$('#f-sort').value,g=$('#g'),num=k==='p-'||k==='p+'||k==='iou+'||k==='iou-';
@@ -160,8 +160,10 @@ def _e(s): return html.escape(str(s), quote=True)
 def _url(p): return _e(urllib.parse.quote(str(p)))
 
 def _num(v, fmt='{:.3f}'):
-    try: return fmt.format(float(v))
+    "`v` formatted; 'n/a' for NaN (e.g. the probability of a score target, which has none)"
+    try: x = float(v)
     except (TypeError, ValueError): return '' if v is None else str(v)
+    return 'n/a' if x!=x else fmt.format(x)
 
 def _table(rows, head, cls='', caption=None) -> str:
     "An HTML table of `rows` (lists of cells: text is escaped, floats formatted, numbers right-aligned) under header `head`"

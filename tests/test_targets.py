@@ -304,3 +304,25 @@ def test_evaluate_cams_of_a_chosen_output(dls):
     cols = ['pointing_game', 'max_box_acc', 'average_drop', 'increase_in_confidence', 'road', 'sanity_spearman']
     np.testing.assert_allclose(ev[cols].to_numpy(float), ref[cols].to_numpy(float), atol=1e-6)
     assert ev.average_drop[0] != pytest.approx(first.average_drop[0])
+
+def test_fastcam_run_explains_a_regression_learner(image_folder, tmp_path):
+    "fastcam run on a learner trained with a regression loss: maps of 'increase', boxes scored by their evidence alone (no probability, no gate); it crashed writing the COCO file"
+    import json, pandas as pd
+    from fastai.vision.all import DataBlock, ImageBlock, RegressionBlock, Resize, vision_learner, MSELossFlat, get_image_files
+    from fastcam.cli import run, tiny_xresnet
+    files = sorted(get_image_files(image_folder))[:12]
+    dls = DataBlock((ImageBlock, RegressionBlock), get_items=lambda _: files, get_y=lambda f: float(f.stem.split('_')[-1]),
+                    item_tfms=Resize(64)).dataloaders(image_folder, bs=4, num_workers=0)
+    torch.manual_seed(0)
+    learn = vision_learner(dls, tiny_xresnet, pretrained=False, n_out=1, loss_func=MSELossFlat())
+    learn.export(tmp_path/'reg.pkl')
+    out = tmp_path/'out'
+    assert run(str(tmp_path/'reg.pkl'), *map(str, files[:3]), out=str(out), trust=True, device='cpu', save_maps=True, progress=False) == 0
+    ref = learn.cam(files[:3], target='increase')
+    for f, m in zip(files[:3], ref.maps): np.testing.assert_allclose(np.load(next((out/'maps').glob(f'{f.stem}_*.npy'))), m.numpy(), atol=1e-5)
+    b = pd.read_csv(out/'boxes.csv')
+    assert (b['class'] == 'increase').all() and b.prob.isna().all() and (b.reason.fillna('') == '').all()   # no probability: no gate
+    assert ((b.score > 0) & (b.score <= 1)).all()                                                          # the box's share of the map's mass
+    assert [c['name'] for c in json.loads((out/'boxes.coco.json').read_text())['categories']] == ['increase']
+    html = (out/'report.html').read_text()
+    assert 'explained <b>increase</b> n/a;' in html and 'nan' not in html.replace('data-p=\'nan\'', '')   # no probability is shown as such
