@@ -350,6 +350,8 @@ def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
     "The boxes table of `res` in original pixels: item, target, class, label, prob, x0, y0, x1, y1, score, reason (one row per box or per target without one)"
     if mode not in ('threshold', 'peak'): raise ValueError(f"unknown mode '{mode}': use 'threshold' or 'peak'")
     model = model if model is not None else res.model
+    if confirm and len(res) and res.probs.isnan().all():
+        raise ValueError(f"confirm=True weighs regions by the class's probability, but target '{res.target_names[0][0]}' is a score with no probability; leave confirm off (its boxes are scored by the map's evidence)")
     if confirm and (xb is None or model is None): raise ValueError("confirm=True asks the model again: pass xb= (the input batch of the maps) and model= (or use res.boxes(confirm=True) on a result of learn.cam(items))")
     g = input_geometry(geometry)
     sizes,rows,jobs = _sizes(orig_sizes, len(res)),[],[]

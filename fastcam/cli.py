@@ -18,7 +18,7 @@ from PIL import Image
 from fastcore.script import call_parse, parse_cli, store_true, CliError
 from fastai.vision.all import (DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, Flip, XResNet, ResBlock, Normalize, imagenet_stats,
                                vision_learner, accuracy, load_learner, Learner, create_body)
-from .core import learner_cam, several_layers, gather, _learner_target, _vocab, _learner_multi_label
+from .core import learner_cam, several_layers, gather, score_target, _learner_target, _vocab, _learner_multi_label
 from .methods import small_xresnet, gap_linear_learner  # public in fastcam.methods (and fastcam.all); still importable from here
 from .boxes import MIN_PROB
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
@@ -377,6 +377,8 @@ def _begin(out, learn, files, cfg, force, model, left_out, rank:int=0, world:int
     "Check the options against the model and against the records already in `out` (one line per problem; `force` recomputes records of other options), then record the run; its info"
     msgs = check_options(learn, cfg['layer'], cfg['target'], cfg['method'])
     if msgs: raise CliError('\n'.join(msgs))
+    if cfg.get('confirm') and score_target(_learner_target(learn, cfg['target'])) is not None:
+        raise CliError("fastcam run: --confirm weighs regions by a class's probability, but this learner explains a score ('increase': it was trained with a regression loss); leave --confirm out")
     _check_engine_opts(learn, files, cfg)
     info = run_info(model, run_options(cfg), processes=world,   # the inputs left out are counted here, listed in errors.csv and skipped.csv
                     inputs=dict(found=len(files), unreadable=sum(o['error'] for o in left_out), skipped=sum(not o['error'] for o in left_out)))

@@ -326,3 +326,8 @@ def test_fastcam_run_explains_a_regression_learner(image_folder, tmp_path):
     assert [c['name'] for c in json.loads((out/'boxes.coco.json').read_text())['categories']] == ['increase']
     html = (out/'report.html').read_text()
     assert 'explained <b>increase</b> n/a;' in html and 'nan' not in html.replace('data-p=\'nan\'', '')   # no probability is shown as such
+    from fastcore.script import CliError
+    with pytest.raises(CliError, match=r"^fastcam run: --confirm weighs regions by a class's probability, but this learner explains a score"):
+        run(str(tmp_path/'reg.pkl'), *map(str, files[:3]), out=str(tmp_path/'c'), trust=True, device='cpu', confirm=True, progress=False)
+    with pytest.raises(ValueError, match=r"^confirm=True weighs regions by the class's probability, but target 'increase' is a score with no probability"):
+        ref.boxes(confirm=True)
