@@ -309,8 +309,14 @@ class CamResult:
         from fastcam.show import show_result
         return show_result(self, imgs, **kwargs)
     def __getitem__(self, i):
-        "The result for item(s) `i`, keeping the batch dimension"
+        "The result for item(s) `i` (an int, a slice, indices or a boolean mask), keeping the batch dimension"
         if isinstance(i, int): i = slice(i, (i+1) or None)
+        elif not isinstance(i, slice):
+            i = torch.as_tensor(i)
+            if i.dtype==torch.bool:   # a mask, e.g. res[res.target_probs[:,0] > 0.5]: the items where it is True
+                if len(i)!=len(self): raise IndexError(f"a mask of {len(i)} values for a CamResult of {len(self)} items; give one per item")
+                i = i.nonzero().flatten()
+            i = i.cpu()
         pick = lambda o: None if o is None else [o[k] for k in range(len(o))[i]] if isinstance(i, slice) else [o[int(k)] for k in i]
         rows = None if self.stability is None else self.stability.iloc[range(len(self))[i] if isinstance(i, slice) else [int(k) for k in i]].reset_index(drop=True)
         return self._with(maps=self.maps[i], targets=self.targets[i], probs=self.probs[i], items=pick(self.items), orig_sizes=pick(self.orig_sizes), stability=rows)
