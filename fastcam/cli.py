@@ -395,7 +395,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         out:str='fastcam_out', # Output folder
         layer:str=None, # Layer: a dotted name ('0.6', 'layer4') or an index path ('0,-2'); several separated by ';' ('0,-3;0,-2;0,-1') box their fused map; default: the last spatial layer
         method:str='gradcam', # CAM method: gradcam, gradcampp, xgradcam, hirescam, layercam, eigencam, scorecam, cam
-        target:str=None, # Class to explain: the predicted one (default), a class name or index; --target CLASS boxes that finding on the files where its probability reaches --min-prob
+        target:str=None, # Class to explain: the predicted one (default), a class name or index; --target CLASS boxes that finding on the files where its probability reaches --min-prob; a learner trained with a regression loss explains 'increase' (default) or 'decrease' of its output
         bs:int=16, # Files per batch
         mode:str='threshold', # Boxes: 'threshold' (connected regions) or 'peak' (the highest cell)
         threshold:float=0.7, # For 'threshold': fraction of the map's maximum

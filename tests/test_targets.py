@@ -326,6 +326,8 @@ def test_fastcam_run_explains_a_regression_learner(image_folder, tmp_path):
     assert [c['name'] for c in json.loads((out/'boxes.coco.json').read_text())['categories']] == ['increase']
     html = (out/'report.html').read_text()
     assert 'explained <b>increase</b> n/a;' in html and 'nan' not in html.replace('data-p=\'nan\'', '')   # no probability is shown as such
+    assert run(str(tmp_path/'reg.pkl'), *map(str, files[:3]), out=str(tmp_path/'down'), target='decrease', trust=True, device='cpu', save_maps=True, progress=False) == 0
+    for f, m in zip(files[:3], ref.maps): np.testing.assert_allclose(np.load(next((tmp_path/'down'/'maps').glob(f'{f.stem}_*.npy'))), -m.numpy(), atol=1e-5)
     from fastcore.script import CliError
     with pytest.raises(CliError, match=r"^fastcam run: --confirm weighs regions by a class's probability, but this learner explains a score"):
         run(str(tmp_path/'reg.pkl'), *map(str, files[:3]), out=str(tmp_path/'c'), trust=True, device='cpu', confirm=True, progress=False)
