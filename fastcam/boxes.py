@@ -23,6 +23,7 @@ from fastai.vision.core import TensorBBox, LabeledBBox
 from fastai.vision.augment import (Resize, ResizeMethod, RandomResizedCrop, CropPad, RandomCrop, OldRandomCrop, RatioResize,
                                    AffineCoordTfm, RandomResizedCropGPU, SpaceTfm, RandomErasing)
 from .core import CamResult, normalize_maps, upsample_maps, with_param_docs
+from .tune import default_recipe   # the box defaults live in one place (fastcam.tune imports no boxes module at its top)
 
 # %% auto #0
 __all__ = ['MIN_PROB', 'InputGeometry', 'input_geometry', 'maps_to_original', 'cell_to_original', 'peak_boxes', 'check_threshold',
@@ -335,10 +336,10 @@ def _no_box(b, t, c, name, p, reason): return (b, t, c, name, p, None, None, Non
 def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
               orig_sizes, # `(H, W)` of the original images: one for all, or one per item
               geometry=None, # Anything `input_geometry` takes (usually the `DataLoaders`)
-              mode:str='threshold', # 'threshold' (connected regions) or 'peak' (the highest cell)
-              threshold:float=0.7, # For 'threshold': fraction of the maximum
-              min_area:int=16, # For 'threshold': smallest region in original pixels
-              topk:int=None, # For 'threshold': best boxes kept per map
+              mode:str=default_recipe['mode'], # 'threshold' (connected regions) or 'peak' (the highest cell)
+              threshold:float=default_recipe['threshold'], # For 'threshold': fraction of the maximum
+              min_area:int=default_recipe['min_area'], # For 'threshold': smallest region in original pixels
+              topk:int=None, # For 'threshold': best boxes kept per map (None: every region; a box recipe keeps its `topk`)
               score:str='max', # For 'threshold': how regions are ordered before `topk`: 'max', 'mean' or 'mass' of the normalised map
               relu:bool=True, # ReLU before normalising the maps
               fill:float=0., # Value of unseen original pixels

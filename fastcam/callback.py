@@ -15,7 +15,8 @@ from fastai.callback.core import Callback
 from fasttransform import Transform
 from fastai.learner import Learner
 from fastai.torch_core import to_detach
-from .core import CamSession, CamResult, cam_result, needs_grad, learner_cam, with_stability, _vocab, _learner_multi_label, _learner_target, _first_tensor
+from .tune import recipe_args
+from .core import CamSession, CamResult, cam_result, needs_grad, learner_cam, several_layers, fuse_cams, with_stability, _vocab, _learner_multi_label, _learner_target, _first_tensor
 
 # %% auto #0
 __all__ = ['GradCAMCallback', 'dl_sources', 'CAMMonitor']
@@ -24,7 +25,7 @@ __all__ = ['GradCAMCallback', 'dl_sources', 'CAMMonitor']
 class GradCAMCallback(Callback):
     "Class activation maps of every item `get_preds` predicts, from the same forward; collected in `self.cams`"
     order = -5  # before fastai's MixedPrecision (10) turns the prediction into float32 outside the graph
-    def __init__(self, layer=None, # The layer to explain (see `find_layer`); None picks the last spatial one
+    def __init__(self, layer=None, # The layer to explain (see `find_layer`), or a list of layers (their fused map, as `learn.cam(..., fused=True)`); None picks the last spatial one
                  target=None, # None (predicted class), an int, a class name, 'all', or one per item of the dl
                  method='gradcam', # A method name from `fastcam.methods.methods`
                  cpu:bool=True, # Move each batch's maps to the CPU
@@ -48,14 +49,15 @@ class GradCAMCallback(Callback):
         self._close(restore_grad=False)  # a session a raising batch left open where no after_fit came (get_preds(inner=True))
         if self.training or (self.fitting and not self.during_fit): return
         xb = self.xb[0]
-        self.session = CamSession(self.model, [self.layer], needs_grad(self.method), xb, self.tokens, self.grid, self.output).__enter__()
+        self.session = CamSession(self.model, several_layers(self.layer) or [self.layer], needs_grad(self.method), xb, self.tokens, self.grid, self.output).__enter__()
 
     def after_pred(self):
         if self.session is None: return
-        try: probs,g = self._gather()
+        try: probs,gs = self._gather()
         finally: self._close()
         self.learn.pred = to_detach(self.pred, cpu=False, gather=False)
-        r = cam_result(self.method, g, probs, _vocab(self.learn))
+        rs = [cam_result(self.method, g, probs, _vocab(self.learn)) for g in gs]
+        r = fuse_cams(rs) if len(rs) > 1 else rs[0]   # several layers: their fused map
         if self.stability: r = with_stability(self.model, self.xb[0], r, _learner_target(self.learn, self.target), self.layer, self.method,
                                               output=self.output, tokens=self.tokens, grid=self.grid)
         if self.cpu: r = r.to('cpu')
@@ -63,13 +65,12 @@ class GradCAMCallback(Callback):
         self.i += len(self.xb[0])
 
     def _gather(self):
-        "`(probs, Gathered)` of this batch from fastai's prediction, with this batch's share of a per-item target"
+        "`(probs, [Gathered per layer])` of this batch from fastai's prediction, with this batch's share of a per-item target"
         xb,t = self.xb[0],_learner_target(self.learn, self.target)
         if isinstance(t, (list, tuple, Tensor)):  # one target per item, given in dataset order
             ks = range(self.i, self.i+len(xb)) if self.idxs is None else self.idxs[self.i:self.i+len(xb)]
             t = [t[k] for k in ks]
-        probs,(g,) = self.session.gather(self.pred, t, _vocab(self.learn), _learner_multi_label(self.learn), xb)
-        return probs,g
+        return self.session.gather(self.pred, t, _vocab(self.learn), _learner_multi_label(self.learn), xb)
 
     def _close(self, restore_grad:bool=True):
         s,self.session = self.session,None
@@ -131,14 +132,18 @@ def _items_of(dl, n):
 
 # %% ../nbs/08_callback.ipynb #502c30dc
 @patch
-def get_cams(self:Learner, dl=None, layer=None, target=None, method='gradcam',
+def get_cams(self:Learner, dl=None,
+             layer=None, # The layer(s) to explain; None: the box recipe's (untuned: the last spatial one)
+             target=None,
+             method=None, # None: the box recipe's ('gradcam' untuned)
              with_boxes:bool=False, # Also return the boxes table (one row per box, in original pixels)
              stability:bool=False, # Also measure each map's agreement under a flip and a shift (`res.stability`, and columns of the boxes)
-             **box_kwargs): # Passed to `CamResult.boxes` (mode, threshold, min_area, topk, orig_sizes, min_prob, confirm)
-    "Maps of every item of `dl` (default: the validation set) through `get_preds` with a `GradCAMCallback`; with `with_boxes`, `(maps, boxes)`"
-    cb = GradCAMCallback(layer=layer, target=target, method=method, stability=stability)
+             **box_kwargs): # Passed to `CamResult.boxes` (mode, threshold, min_area, topk, orig_sizes, min_prob, confirm); a tuned learner's recipe gives those not passed
+    "Maps of every item of `dl` (default: the validation set) through `get_preds` with a `GradCAMCallback`; with `with_boxes`, `(maps, boxes)`. As `learn.cam`, options left None are the learner's box recipe's (`fastcam.tune.recipe_args`), except `tta`: the callback explains the batches `get_preds` sees"
+    r = recipe_args(self, layer=layer, method=method)
+    cb = GradCAMCallback(layer=r['layer'], target=target, method=r['method'], stability=stability)
     self.get_preds(dl=dl, cbs=cb)
-    res = cb.cams
+    res = cb.cams if r['source']=='default_recipe' else cb.cams._with(recipe=r)
     return (res, res.boxes(**{'dls': self.dls, **box_kwargs})) if with_boxes else res
 
 # %% ../nbs/08_callback.ipynb #006ddbb6

@@ -23,6 +23,7 @@ from .methods import small_xresnet, gap_linear_learner  # public in fastcam.meth
 from .boxes import MIN_PROB
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
 from .boxes import check_threshold
+from .tune import run_recipe, tune_files, recipe_path, load_recipe, tune_metrics
 from .report import atomic_write, sync_disk, write_outputs, csv_safe
 from .truth import Truth, evaluate_run, coco_results_list
 from .runs import (scan_inputs, lock_out, clean_temporaries, run_options, run_info, model_identity, save_run_info, resume_conflict,
@@ -33,9 +34,9 @@ from .synth import make_dicom_set
 from .sanity import sanity_check
 
 # %% auto #0
-__all__ = ['image_exts', 'overlay_side', 'map_side', 'DEMO_LAYERS', 'commands', 'find_inputs', 'tiny_xresnet', 'weights_learner',
-           'load_for_run', 'work_maps', 'work_boxes', 'process_files', 'launch', 'run', 'synth_dls', 'demo_hits',
-           'demo_threshold', 'demo', 'main']
+__all__ = ['image_exts', 'overlay_side', 'map_side', 'DEMO_LAYERS', 'tune_columns', 'commands', 'find_inputs', 'tiny_xresnet',
+           'weights_learner', 'load_for_run', 'work_maps', 'work_boxes', 'process_files', 'launch', 'run', 'synth_dls',
+           'demo_hits', 'demo_threshold', 'demo', 'tune', 'main']
 
 # %% ../nbs/11_cli.ipynb #c296208d
 if __name__ == '__main__' and '__file__' in globals():  # `python -m fastcam.cli`, not a notebook
@@ -380,7 +381,7 @@ def _begin(out, learn, files, cfg, force, model, left_out, rank:int=0, world:int
     if cfg.get('confirm') and score_target(_learner_target(learn, cfg['target'])) is not None:
         raise CliError("fastcam run: --confirm weighs regions by a class's probability, but this learner explains a score ('increase': it was trained with a regression loss); leave --confirm out")
     _check_engine_opts(learn, files, cfg)
-    info = run_info(model, run_options(cfg), processes=world,   # the inputs left out are counted here, listed in errors.csv and skipped.csv
+    info = run_info(model, run_options(cfg), processes=world, recipe=cfg.get('_recipe'),   # the inputs left out are counted here, listed in errors.csv and skipped.csv
                     inputs=dict(found=len(files), unreadable=sum(o['error'] for o in left_out), skipped=sum(not o['error'] for o in left_out)))
     cfg['_key'] = info['key']
     keys = [r.get('opts') for r in (_record(out, f) for f in files) if r is not None and not r.get('error')]
@@ -393,19 +394,21 @@ def _begin(out, learn, files, cfg, force, model, left_out, rank:int=0, world:int
 @call_parse
 def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT files/folders only)
         out:str='fastcam_out', # Output folder
-        layer:str=None, # Layer: a dotted name ('0.6', 'layer4') or an index path ('0,-2'); several separated by ';' ('0,-3;0,-2;0,-1') box their fused map; default: the last spatial layer
-        method:str='gradcam', # CAM method: gradcam, gradcampp, xgradcam, hirescam, layercam, eigencam, scorecam, cam
+        layer:str=None, # Layer: a dotted name ('0.6', 'layer4') or an index path ('0,-2'); several separated by ';' ('0,-3;0,-2;0,-1') box their fused map; default: the box recipe's (untuned: the last spatial layer)
+        method:str=None, # CAM method: gradcam, gradcampp, xgradcam, hirescam, layercam, eigencam, scorecam, cam; default: the box recipe's (untuned: gradcam)
         target:str=None, # Class to explain: the predicted one (default), a class name or index; --target CLASS boxes that finding on the files where its probability reaches --min-prob; a learner trained with a regression loss explains 'increase' (default) or 'decrease' of its output
         bs:int=16, # Files per batch
-        mode:str='threshold', # Boxes: 'threshold' (connected regions) or 'peak' (the highest cell)
-        threshold:float=0.7, # For 'threshold': fraction of the map's maximum
-        min_area:int=16, # For 'threshold': smallest region in original pixels
-        topk:int=1, # Boxes kept per file
+        mode:str=None, # Boxes: 'threshold' (connected regions) or 'peak' (the highest cell); default: the box recipe's (untuned: threshold)
+        threshold:float=None, # For 'threshold': fraction of the map's maximum; default: the box recipe's (untuned: 0.7)
+        min_area:int=None, # For 'threshold': smallest region in original pixels; default: the box recipe's (untuned: 16)
+        topk:int=None, # Boxes kept per file; default: the box recipe's (untuned: 1)
         confirm:store_true=False, # Model-confirmed boxes: the model chooses among candidate regions and scores them (fastcam.confirm; a few forwards per file)
         min_prob:float=MIN_PROB, # No box for a file whose probability of the class is below this (boxes.csv says 'below min_prob'); with --target CLASS, boxes the finding only where the model sees it
         device:str=None, # 'cpu', 'cuda', 'cuda:1'; default: GPU LOCAL_RANK if there is one
         save_maps:store_true=False, # Also save the raw maps as .npy in maps/
-        tta:store_true=False, # Average each map with its mirror image's (for a model trained with flips)
+        tta:store_true=False, # Average each map with its mirror image's (for a model trained with flips); also on when the box recipe says so
+        recipe:str=None, # A box recipe JSON (`fastcam tune --out`) to use instead of the one beside LEARNER
+        no_recipe:store_true=False, # Ignore the box recipe (the JSON beside LEARNER, `fastcam tune`'s, and the learner's own): box with fastcam's defaults (`default_recipe`) and the options given
         trust:store_true=False, # Load LEARNER although it is a pickle (it can run code: only for files you trust)
         arch:str=None, # With --weights: architecture name (resnet34, tiny_xresnet, ...)
         weights:str=None, # A weights-only state dict (.pth) to load instead of a pickled Learner
@@ -426,10 +429,11 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
     paths = list(paths)
     learner,inputs = (None,paths) if weights else (paths[0] if paths else None,paths[1:])
     if not inputs: raise CliError("fastcam run: no INPUT given: name files or folders to explain after LEARNER")
-    if mode not in ('threshold', 'peak'): raise CliError(f"fastcam run: --mode must be 'threshold' or 'peak', not '{mode}'")
+    if mode not in (None, 'threshold', 'peak'): raise CliError(f"fastcam run: --mode must be 'threshold' or 'peak', not '{mode}'")
     engine = _engine_opts(dict(tokens=_tokens(tokens), grid=_grid(grid), output=_target(output)))   # only those given: other runs' options stay as they were
     if confirm and 'output' in engine: raise CliError(f"fastcam run: --confirm scores regions with the model's first output; it does not take --output {output} (leave one of them out)")
-    try: check_threshold(threshold, '--threshold')
+    try:
+        if threshold is not None: check_threshold(threshold, '--threshold')
     except ValueError as e: raise CliError(f"fastcam run: {e}") from None
     if num_processes>1 and 'WORLD_SIZE' not in os.environ:
         argv = [a for a in sys.argv[1:]]
@@ -443,8 +447,11 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
     try:
         dev = _device(device)
         learn = load_for_run(learner, trust, arch, weights, vocab, size, dev)
-        cfg = dict(layer=_layer(layer), target=_target(target), method=method, bs=bs, mode=mode, threshold=threshold, min_area=min_area,
-                   topk=topk, min_prob=min_prob, confirm=confirm, save_maps=save_maps, tta=tta, stability=stability, **engine, **_truth_opts(truth))
+        rec = _run_recipe(learner or weights, learn, recipe, no_recipe)
+        given = dict(layer=_layer(layer), method=method, mode=mode, threshold=threshold, min_area=min_area, topk=topk, tta=tta or None)
+        cfg = dict({k: rec[k] for k in ('layer', 'method', 'mode', 'threshold', 'min_area', 'topk', 'tta')}, **{k: v for k,v in given.items() if v is not None},
+                   target=_target(target), bs=bs, min_prob=min_prob, confirm=confirm, save_maps=save_maps, stability=stability, **engine, **_truth_opts(truth),
+                   **_recipe_opts(rec))
         try: cfg['dicom'] = dicom_config(dicom_codes, learn.model) if dicom_out or dicom_codes else None
         except (ImportError, ValueError) as e: raise CliError(f"fastcam run: --dicom-out: {e}")
         info = _begin(out, learn, files, cfg, force, model_identity(learn, learner, weights, arch, size), left_out, rank, world)
@@ -462,6 +469,16 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
         if lock is not None: os.close(lock)
+
+def _run_recipe(learner_file, learn, path=None, no_recipe:bool=False) -> dict:
+    "The box recipe of a run, its `source` naming it: `path`, else the JSON beside `learner_file`, else the learner's own, else `default_recipe` (always with `no_recipe`)"
+    if path is not None and no_recipe: raise CliError("fastcam run: --recipe and --no-recipe contradict each other; give one")
+    try: return load_recipe(path) if path is not None else run_recipe(learner_file, learn, not no_recipe)
+    except (ValueError, TypeError, FileNotFoundError) as e: raise CliError(f"fastcam run: box recipe: {' '.join(str(e).split())}") from None
+
+def _recipe_opts(rec) -> dict:
+    "The run's cfg entries of box recipe `rec`: all of it for run.json (`_recipe`), and its source as the run option `recipe` unless it is `default_recipe` (so earlier runs keep their key)"
+    return dict(_recipe=rec, **({} if rec['source']=='default_recipe' else dict(recipe=rec['source'])))
 
 def _drop_opt(argv, name):
     "`argv` without option `name` and its value"
@@ -597,8 +614,50 @@ def demo(out:str='demo_out', # Folder for the synthetic data, the model and the 
     print(demo_hits(out/'run'/'boxes.csv', out/'data'/'boxes.csv'))
     return rc
 
+# %% ../nbs/11_cli.ipynb #fc4ec9c5
+tune_columns = ['method', 'layer', 'tta', 'threshold', 'box_acc', 'pointing', 'max_box_acc_v2', 'ap50']   # what `fastcam tune` prints of the table
+
+@call_parse
+def tune(*paths:str, # LEARNER then the labelled INPUT files/folders (a few with the finding, some without)
+         truth:str=None, # Ground truth: a boxes CSV (file, x0, y0, x1, y1), a COCO JSON or a SIIM RLE CSV (ImageId, EncodedPixels); a file it does not name counts as one without the finding
+         out:str=None, # Where to save the chosen recipe (JSON); default: beside LEARNER (model.pkl -> model.boxes.json), where fastcam run finds it
+         target:str=None, # Class to box: the predicted one (default), a class name or index (the finding's)
+         methods:str='gradcam,layercam,hirescam', # CAM methods to try, comma-separated
+         layers:str=None, # Layer choices to try, separated by '|', each as --layer of fastcam run ('0.6|0.5;0.6'); default: the network's stage ends, alone and fused (fastcam.tune.layer_candidates)
+         thresholds:str='0.3,0.4,0.5,0.6,0.7,0.8', # Box thresholds to try, comma-separated
+         no_tta:store_true=False, # Don't try mirroring (for a model not trained with flips)
+         metric:str='box_acc', # Choose by: box_acc (BoxAcc@0.5 of the top box), pointing, max_box_acc_v2 or ap50
+         top:int=8, # Rows of the table to print
+         bs:int=16, # Files per batch
+         device:str=None, # 'cpu', 'cuda', 'cuda:1'
+         trust:store_true=False, # Load LEARNER although it is a pickle (it can run code: only for files you trust)
+         progress:Annotated[bool, dict(help="Don't show a progress bar")]=True): # Show a progress bar
+    "Choose the box recipe (method, layers, mirroring, threshold) that boxes labelled files best, and save it beside LEARNER for fastcam run"
+    paths = list(paths)
+    if len(paths) < 2: raise CliError("fastcam tune: give LEARNER, then the labelled files or folders")
+    if not truth: raise CliError("fastcam tune: --truth is needed: a boxes CSV, a COCO JSON or a SIIM RLE CSV of the files' true boxes")
+    if not Path(truth).exists(): raise CliError(f"fastcam tune: --truth {truth} does not exist: give a boxes CSV, a COCO JSON or a SIIM RLE CSV")
+    if metric not in tune_metrics: raise CliError(f"fastcam tune: --metric '{metric}': use one of {', '.join(tune_metrics)}")
+    if out is not None and not str(out).endswith('.json'): raise CliError(f"fastcam tune: --out {out}: name a .json file")
+    try:
+        thr = tuple(float(t) for t in thresholds.split(','))
+        for v in thr: check_threshold(v, '--thresholds')
+    except ValueError: raise CliError(f"fastcam tune: --thresholds '{thresholds}' must be fractions of the map's maximum from 0 to 1 separated by commas, like 0.4,0.6") from None
+    files,_ = scan_inputs(paths[1:], image_exts)
+    if not files: raise CliError(f"fastcam tune: no DICOM or image files found in {' '.join(paths[1:])}")
+    learn = load_for_run(paths[0], trust, device=_device(device))
+    try: table,(j,t) = tune_files(learn, paths[0], files, truth, out=out, target=_target(target), methods=tuple(m.strip() for m in methods.split(',')),
+                                  layers=None if layers is None else [_layer(o.strip()) for o in layers.split('|')],
+                                  thresholds=thr, tta=(False,) if no_tta else (False, True), metric=metric, bs=bs, progress=progress)
+    except (ValueError, FileNotFoundError, KeyError) as e: raise CliError(f"fastcam tune: {' '.join(str(e).split())}") from None
+    best = table.iloc[0]
+    print(table[tune_columns].head(top).to_string(index=False, float_format=lambda v: f'{v:.2f}'))
+    print(f"fastcam tune: chose {best['method']} at {best['layer']}{' with tta' if best['tta'] else ''}, threshold {best['threshold']:g} "
+          f"({metric} {best[metric]:.2f} on {int(best['n_boxes'])} of {len(files)} files with a true box); saved the recipe to {j} and the table ({len(table)} rows) to {t}")
+    return 0
+
 # %% ../nbs/11_cli.ipynb #1fca9388
-commands = {'demo': demo, 'run': run}
+commands = {'demo': demo, 'run': run, 'tune': tune}
 
 def main(argv:list=None):
     "Entry point of the `fastcam` console script"

@@ -286,20 +286,23 @@ class CamResult:
                  orig_sizes=None, # `(H, W)` of each item in its own pixels, when known
                  geometry=None, # What made the model input from the items (e.g. the `DataLoaders`), for `fastcam.boxes`
                  model=None, # The model explained, for steps that ask it again (`boxes(confirm=True)`)
+                 recipe=None, # The box recipe (`fastcam.tune`) of a tuned learner that made the maps, whose box options `boxes()` then uses
                  stability=None): # Per item, the agreement of its map under a flip and a shift: a DataFrame flip_corr, shift_corr, unstable (`learn.cam(..., stability=True)`)
         store_attr()
     def __len__(self): return len(self.maps)
     def _with(self, **kw):
         "A copy with some fields replaced"
-        d = {k: getattr(self, k) for k in ('maps','targets','probs','vocab','layer','method','input_size','items','orig_sizes','geometry','model','stability')}
+        d = {k: getattr(self, k) for k in ('maps','targets','probs','vocab','layer','method','input_size','items','orig_sizes','geometry','model','stability','recipe')}
         return CamResult(**{**d, **kw})
     def to(self, device):
         "This result with its tensors on `device`"
         return self._with(maps=self.maps.to(device), targets=self.targets.to(device), probs=self.probs.to(device))
-    def boxes(self, mode:str='threshold', **kwargs):
-        "Boxes in original pixels, one row per box (see `fastcam.boxes.result_boxes`)"
+    def boxes(self, mode:str=None, **kwargs):
+        "Boxes in original pixels, one row per box (see `fastcam.boxes.result_boxes`); options not given are the box recipe's when a tuned learner made the maps, else `cam_boxes`' defaults"
         from fastcam.boxes import result_boxes
-        return result_boxes(self, mode, **kwargs)
+        opts = {k: v for k,v in (self.recipe or {}).items() if k in ('mode', 'threshold', 'min_area', 'topk')}
+        if mode is not None: opts['mode'] = mode
+        return result_boxes(self, **{**opts, **kwargs})
     def original_maps(self, i:int, **kwargs):
         "The maps `[T,H,W]` of item `i` in its original pixels (see `fastcam.boxes.result_original_maps`)"
         from fastcam.boxes import result_original_maps
@@ -707,15 +710,19 @@ def with_param_docs(f, *srcs, skip=('self',)):
 def cam(self:Learner, x, # Items (paths, PIL images, arrays, `[C,H,W]` tensors) or a preprocessed batch `[B,C,H,W]`
         layer=None, # A module, an index path like `[0,-2]`, a dotted name, a list of them (boxes fuse their maps), or None: the last spatial layer; see `layer_summary(learn)`
         target=None, # Class to explain: None (the predicted one), a class index or name, one per item, or 'all'
-        method='gradcam', # A name in `fastcam.methods.methods`: 'gradcam', 'gradcampp', 'xgradcam', 'hirescam', 'layercam', 'eigencam', 'scorecam', 'cam'
+        method=None, # A name in `fastcam.methods.methods`: 'gradcam', 'gradcampp', 'xgradcam', 'hirescam', 'layercam', 'eigencam', 'scorecam', 'cam'; None: the box recipe's ('gradcam' untuned)
         bs:int=None, # Items per batch (default: the DataLoaders' batch size)
         dls=None, # `DataLoaders` whose `test_dl` preprocesses the items (default: the learner's)
-        fused:bool=False, # With several layers: only their fused `CamResult` instead of a dict per layer
-        tta:bool=False, # Also explain each item's mirror image and average the two maps (for a model trained with flips)
+        fused:bool=False, # With several layers: only their fused `CamResult` instead of a dict per layer (always, for the recipe's layers)
+        tta:bool=None, # Also explain each item's mirror image and average the two maps (for a model trained with flips); None: the box recipe's (False untuned)
         stability:bool=False, # Also measure each map's agreement under a mirror image and a 4-pixel shift: `res.stability` (flip_corr, shift_corr, unstable below 0.5), columns of `res.boxes()`, marked by `res.show()`; 3x the work
         **kwargs): # Passed to the method
-    "A `CamResult` of class activation maps for items sent through `(dls or self.dls).test_dl`, or for a preprocessed batch"
-    return learner_cam(self, x, layer, target, method, bs, dls, fused, tta, stability, **kwargs)
+    "A `CamResult` of class activation maps for items sent through `(dls or self.dls).test_dl`, or for a preprocessed batch. `layer`, `method` and `tta` left None are the learner's box recipe's (`fastcam.tune.recipe_args`: the caller's argument > the recipe tuned or loaded > `default_recipe`); a tuned learner's result carries its recipe, so `res.boxes()` boxes with it"
+    from fastcam.tune import recipe_args
+    r = recipe_args(self, layer=layer, method=method, tta=tta)
+    res = learner_cam(self, x, r['layer'], target, r['method'], bs, dls, fused or (layer is None and several_layers(r['layer']) is not None), r['tta'], stability, **kwargs)
+    if r['source']=='default_recipe': return res
+    return res._with(recipe=r) if isinstance(res, CamResult) else {k: v._with(recipe=r) for k,v in res.items()}
 
 with_param_docs(Learner.cam)
 

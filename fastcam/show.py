@@ -15,6 +15,7 @@ from fastai.vision.core import PILImage, TensorBBox, LabeledBBox
 from .core import CamResult, upsample_maps, normalize_maps, learner_cam
 from .items import check_item, read_dicom
 from .boxes import show_boxes, check_color, check_threshold, MIN_PROB
+from .tune import recipe_args
 from .overlay import overlay_pixels, image_rgb
 
 # %% auto #0
@@ -204,24 +205,26 @@ def boxes_to_bbox(df:pd.DataFrame, img_size=None) -> LabeledBBox:
 def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preprocessed tensor [C,H,W]
               dls, # The `DataLoaders` whose validation preprocessing the model expects
               learn, # The `Learner`
-              layer=None, # The layer to explain (see `find_layer`); None: the last spatial one, coarse. For boxes prefer earlier blocks (see above)
+              layer=None, # The layer(s) to explain (see `find_layer`; several: their fused map); None: the box recipe's (untuned: the last spatial one, coarse; for boxes prefer earlier blocks, see above, or tune: `fastcam.tune`)
               sanity:bool=False, # Print the predicted class, its index and the probabilities
               show_maps:bool=False, # Draw the maps at layer resolution
               show_img:bool=True, # Draw the boxes on the image at its original resolution
               color='red', # One color, a list (one per box) or a dict per class name
-              mode:str='threshold', # 'threshold' (connected regions) or 'peak' (the highest cell)
+              mode:str=None, # 'threshold' (connected regions) or 'peak' (the highest cell); None: the box recipe's
               target=None, # Which classes: None (predicted), 'all', an int or a class name
-              method='gradcam', # A method name from `fastcam.methods.methods`
-              threshold:float=0.7, # For 'threshold': fraction of the map's maximum
-              min_area:int=16, # For 'threshold': smallest region, in original pixels
-              topk:int=1, # Best boxes kept per map (None: all)
+              method=None, # A method name from `fastcam.methods.methods`; None: the box recipe's
+              threshold:float=None, # For 'threshold': fraction of the map's maximum; None: the box recipe's
+              min_area:int=None, # For 'threshold': smallest region, in original pixels; None: the box recipe's
+              topk:int=None, # Best boxes kept per map; None: the box recipe's (1 in `default_recipe`)
               min_prob:float=MIN_PROB, # No box for a class whose probability is below this (the table says 'below min_prob')
               confirm:bool=False, # Let the model choose and score the box among candidate regions (`fastcam.confirm`)
               window=None, # DICOM window for drawing
-              tta:bool=False, # Average each map with its mirror image's (see `cam`)
+              tta:bool=None, # Average each map with its mirror image's (see `cam`); None: the box recipe's
               stability:bool=False, # Also measure the map's agreement under a flip and a shift: flip_corr, shift_corr, unstable columns in `df`
               lw:float=2, figsize=None, ctx=None) -> LabeledBBox:
-    "Boxes of `item`'s maps in its original pixels, as a `LabeledBBox` carrying the table `df`; optionally drawn"
+    "Boxes of `item`'s maps in its original pixels, as a `LabeledBBox` carrying the table `df`; optionally drawn. Each option left None is the learner's box recipe's (`fastcam.tune.recipe_args`: the argument given > the recipe tuned or loaded > `default_recipe`)"
+    r = recipe_args(learn, layer=layer, method=method, tta=tta, mode=mode, threshold=threshold, min_area=min_area, topk=topk)
+    layer,method,tta,mode,threshold,min_area,topk = (r[k] for k in ('layer', 'method', 'tta', 'mode', 'threshold', 'min_area', 'topk'))
     check_color(color); check_threshold(threshold)   # before the model runs
     res = explain_item(item, dls, learn, layer, target, method, tta=tta, stability=stability)
     if sanity: _sanity(res)

@@ -16,8 +16,9 @@ from .core import learner_cam, fuse_cams, trace_modules, auto_layer, find_layer,
 from .metrics import (as_boxes, box_iou, pointing_hits, max_box_acc_v2, read_boxes_csv, read_coco, read_rle_csv, mask_to_boxes, _gt_for, _is_mask)
 
 # %% auto #0
-__all__ = ['default_recipe', 'check_recipe', 'recipe_path', 'save_recipe', 'load_recipe', 'learner_recipe', 'layer_candidates',
-           'read_truth', 'coco_ap50', 'recipe_table', 'sort_recipes', 'table_recipe']
+__all__ = ['default_recipe', 'tune_metrics', 'check_recipe', 'recipe_path', 'save_recipe', 'load_recipe', 'learner_recipe',
+           'recipe_args', 'layer_candidates', 'read_truth', 'coco_ap50', 'recipe_table', 'sort_recipes', 'table_recipe',
+           'tune_files', 'run_recipe']
 
 # %% ../nbs/13_tune.ipynb #25b6c37d
 default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=0.7, min_area=16, topk=1)
@@ -43,7 +44,8 @@ def save_recipe(recipe:dict, fname) -> Path:
     "Write `recipe` as JSON to `fname` (a `.json` path, or the learner file it goes beside); returns the path"
     p = Path(fname)
     p = p if p.suffix=='.json' else recipe_path(p)
-    p.write_text(json.dumps(check_recipe(recipe), indent=1, default=float))
+    r = {k: v for k,v in check_recipe(recipe).items() if k!='source'}   # where it came from is said by where it is read from
+    p.write_text(json.dumps(r, indent=1, default=float))
     return p
 
 def load_recipe(fname) -> dict:
@@ -53,17 +55,22 @@ def load_recipe(fname) -> dict:
     if not p.exists(): raise FileNotFoundError(f"no box recipe at {p}: make one with learn.tune_boxes(..., save=LEARNER) or `fastcam tune`")
     try: r = json.loads(p.read_text())
     except json.JSONDecodeError as e: raise ValueError(f"box recipe {p} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    return check_recipe(r)
+    return {**check_recipe(r), 'source': p.name}
 
 def learner_recipe(learn) -> dict:
-    "The recipe `learn` boxes with: the one tuned or loaded (`learn.box_recipe`), else `default_recipe`"
+    "The recipe `learn` boxes with: the one tuned or loaded (`learn.box_recipe`), else `default_recipe`; its `source` says which"
     r = getattr(learn, 'box_recipe', None)
-    return check_recipe(r) if r else dict(default_recipe)
+    return {'source': 'learner', **check_recipe(r)} if r else dict(default_recipe, source='default_recipe')
+
+def recipe_args(learn, recipe:dict=None, **given) -> dict:
+    "What to box with, option by option: the option `given` (not None) > `recipe` (default: the learner's, `learner_recipe`) > `default_recipe`"
+    base = learner_recipe(learn) if recipe is None else {'source': 'given recipe', **check_recipe(recipe)}
+    return {**base, **{k: v for k,v in given.items() if v is not None}}
 
 @patch
 def use_recipe(self:Learner, recipe=None):
-    "Box with `recipe` (a dict, a JSON path or the learner file it lies beside); None goes back to `default_recipe`"
-    self.box_recipe = None if recipe is None else check_recipe(recipe) if isinstance(recipe, dict) else load_recipe(recipe)
+    "Box with `recipe` (a dict, a JSON path or the learner file it lies beside) from now on; None goes back to `default_recipe`"
+    self.box_recipe = None if recipe is None else {'source': 'use_recipe', **check_recipe(recipe)} if isinstance(recipe, dict) else load_recipe(recipe)
     return self
 
 # %% ../nbs/13_tune.ipynb #b2c1af9e
@@ -118,11 +125,26 @@ def coco_ap50(dets:list, gts:list, sizes:list) -> float:
         e = COCOeval(gt, gt.loadRes(res), 'bbox'); e.evaluate(); e.accumulate(); e.summarize()
     return max(float(e.stats[1]), 0.)
 
-# %% ../nbs/13_tune.ipynb #e40e8e21
+# %% ../nbs/13_tune.ipynb #8ee10277
+def _sizes_by_name(items) -> dict:
+    "`(H, W)` of each item keyed by its path, file name and stem (as SIIM's ImageIds name files)"
+    from fastcam.items import original_size
+    res = {}
+    for f in items:
+        if isinstance(f, (str, Path)):
+            hw = tuple(original_size(f))
+            res.update({str(f): hw, Path(f).name: hw, Path(f).stem: hw})
+    return res
+
+def _truth_of(g, f):
+    "The truth of item `f` in `g`, keyed by its path, a tail of it, or its stem"
+    r = _gt_for(g, f)
+    return g.get(Path(f).stem) if r is None and isinstance(f, (str, Path)) else r
+
 def _gts_of(items, gt):
     "Per item, its true boxes `[K, 4]` (none for an item `gt` does not name: a negative); raises when no item has any"
-    g = read_truth(gt)
-    gts = [_gt_for(g, f) for f in items]
+    g = read_truth(gt, _sizes_by_name(items) if not isinstance(gt, dict) else None)
+    gts = [_truth_of(g, f) for f in items]
     if all(b is None for b in gts): raise ValueError(f"none of the {len(items)} items is named in the ground truth (e.g. {str(items[0])!r}; the truth names {list(g)[:2]}); key it by path or file name")
     gts = [torch.zeros(0, 4, dtype=torch.long) if b is None else as_boxes(b) for b in gts]
     if not any(len(b) for b in gts): raise ValueError("the ground truth has no box for any of the items: tuning boxes needs at least one")
@@ -134,14 +156,14 @@ def _names(model, xb, layers):
     return [[one(o) for o in c] if isinstance(c, (list, tuple)) and not all(isinstance(i, int) for i in c) else one(c) for c in layers]
 
 def _first_boxes(df, n):
-    "Per item `(box [1, 4] or [0, 4], score)`: the first box of the first target in the boxes table `df`"
+    "Per item `(box [1, 4] or [0, 4], confidence)`: the first box of the first target in the boxes table `df`; its confidence is the table's `score` (already prob x the box's share of the map)"
     df = df[(df['target']==0) & df['x0'].notna()] if len(df) else df
     first = df.groupby('item').head(1).set_index('item') if len(df) else df
     res = []
     for i in range(n):
         if i in first.index:
             r = first.loc[i]
-            res.append((np.array([[r.x0, r.y0, r.x1, r.y1]], np.int64), float(r['score'])*float(r['prob'])))
+            res.append((np.array([[r.x0, r.y0, r.x1, r.y1]], np.int64), float(r['score'])))
         else: res.append((np.zeros((0, 4), np.int64), 0.))
     return res
 
@@ -156,7 +178,7 @@ def _measure(r, gts, thresholds, min_area, tolerance, secs):
     rows = []
     for thr in thresholds:
         t0 = time.perf_counter()
-        tops = _first_boxes(r.boxes(mode='threshold', threshold=float(thr), min_area=min_area, topk=1, original=[torch.nan_to_num(m) for m in mos]), n)
+        tops = _first_boxes(r.boxes(mode='threshold', threshold=float(thr), min_area=min_area, topk=1, min_prob=0., original=[torch.nan_to_num(m) for m in mos]), n)
         dt = time.perf_counter() - t0
         iou = [box_iou(torch.from_numpy(b), gts[i]).max().item() if len(b) and len(gts[i]) else 0. for i,(b,_) in enumerate(tops)]
         hits = [iou[i] >= 0.5 for i in range(n)]
@@ -174,7 +196,7 @@ def recipe_table(learn, items:list, # the Learner, and labelled files (an item w
                  layers=None, # layer choices tried (a name, an index path or a list of them, fused); None: `layer_candidates` of the `stage_ends`
                  tta=(False, True), # mirror settings tried
                  thresholds=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8), # box thresholds tried
-                 min_area:int=16, # smallest region, in original pixels
+                 min_area:int=default_recipe['min_area'], # smallest region, in original pixels
                  tolerance:float=None, # pointing tolerance in pixels (None: 15 px at a 224 px scale)
                  bs:int=16, progress:bool=True) -> pd.DataFrame:
     "One row per recipe (method x layers x tta x threshold) with its localization metrics on `items`, best first"
@@ -205,20 +227,41 @@ def sort_recipes(df:pd.DataFrame, metric:str='box_acc') -> pd.DataFrame:
     return d.drop(columns='_t').reset_index(drop=True)
 
 # %% ../nbs/13_tune.ipynb #cea05264
-def table_recipe(row, min_area:int=16) -> dict:
-    "The recipe of a row of `recipe_table`"
-    return check_recipe(dict(method=row['method'], layer=row['layer'], tta=bool(row['tta']), mode='threshold', threshold=float(row['threshold']),
-                             min_area=int(min_area), topk=1))
+tune_metrics = ('box_acc', 'pointing', 'max_box_acc_v2', 'ap50')   # the columns `tune_boxes` can choose by
+
+def table_recipe(row, min_area:int=default_recipe['min_area']) -> dict:
+    "The recipe of a row of `recipe_table` (one top box, as the table measured), with the row's scores, on how many items, for the record"
+    num = lambda v: None if pd.isna(v) else round(float(v), 4)
+    return dict(check_recipe(dict(method=row['method'], layer=row['layer'], tta=bool(row['tta']), mode='threshold', threshold=float(row['threshold']),
+                                  min_area=int(min_area), topk=1)),
+                scores={k: num(row[k]) for k in tune_metrics if k in row}, n_items=int(row['n_items']), n_boxes=int(row['n_boxes']))
 
 @patch
 def tune_boxes(self:Learner, items:list, # labelled files: a few with the finding, some without
                gt, # their ground truth: a dict, or the path of a boxes CSV, a COCO JSON or a SIIM RLE CSV (see `read_truth`)
                metric:str='box_acc', # the column to choose by (ties: pointing, MaxBoxAccV2, AP@0.5, speed)
                save=None, # an exported learner's file: write the choice beside it (`recipe_path`)
-               min_area:int=16, # smallest region, in original pixels
+               min_area:int=default_recipe['min_area'], # smallest region, in original pixels
                **kwargs) -> pd.DataFrame: # to `recipe_table`: target, methods, layers, tta, thresholds, tolerance, bs, progress
     "Measure the recipes of a grid on `items` and box with the best from now on (`learn.box_recipe`); returns the table, best first"
+    if metric not in tune_metrics: raise ValueError(f"can't choose a box recipe by '{metric}': use one of {', '.join(tune_metrics)}")
     df = sort_recipes(recipe_table(self, items, gt, min_area=min_area, **kwargs), metric)
-    self.box_recipe = table_recipe(df.iloc[0], min_area)
+    self.box_recipe = dict(table_recipe(df.iloc[0], min_area), metric=metric, source='tune_boxes')
     if save is not None: save_recipe(self.box_recipe, save)
     return df
+
+# %% ../nbs/13_tune.ipynb #20b7655e
+def tune_files(learn, learner_file, files:list, truth, out=None, metric:str='box_acc', **kwargs) -> tuple:
+    "`(table, (recipe JSON, table CSV))`: `learn.tune_boxes` on `files` against `truth`, the choice saved to `out` (default: beside `learner_file`, `recipe_path`) and the table beside it as CSV"
+    j = Path(out) if out is not None else recipe_path(learner_file)
+    df = learn.tune_boxes(files, truth, metric=metric, save=j, **kwargs)
+    t = j.with_suffix('.csv')
+    df.assign(layer=df['layer'].map(json.dumps)).to_csv(t, index=False, float_format='%.4f')
+    return df,(j,t)
+
+def run_recipe(learner_file, learn, use:bool=True) -> dict:
+    "The recipe `fastcam run` boxes with: the JSON beside `learner_file` if there is one, else the learner's own (`learner_recipe`); `default_recipe` when not `use`. Its `source` says which"
+    if not use: return dict(default_recipe, source='default_recipe')
+    if learner_file is not None and recipe_path(learner_file).exists(): return load_recipe(learner_file)
+    r = learner_recipe(learn)
+    return r if r['source']=='default_recipe' else {**r, 'source': f"{Path(learner_file).name if learner_file else 'the learner'}'s own ({r['source']})"}

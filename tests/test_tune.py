@@ -6,7 +6,7 @@ from torch import nn
 from PIL import Image
 from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, ColReader, ColSplitter, Resize, Learner, CrossEntropyLossFlat
 from fastcam.tune import recipe_table, read_truth, load_recipe, recipe_path, coco_ap50, stage_ends, layer_candidates
-import fastcam.tune  # noqa: F401  (patches Learner.tune_boxes)
+import fastcam.tune, fastcam.callback  # noqa: F401  (patch Learner.tune_boxes, Learner.get_cams)
 from fastcam.metrics import box_iou, rle_encode
 
 class TwoWay(nn.Module):
@@ -111,3 +111,128 @@ def test_stage_names_give_the_maps_of_those_modules(tmp_path):
     run(str(tmp_path/'model.pkl'), *[str(o) for o in items], out=str(tmp_path/'out'), layer='stage:-2', trust=True, progress=False)
     info = json.loads((tmp_path/'out'/'run.json').read_text())
     assert 'stage:-2' in json.dumps(info)
+
+
+class Shy(TwoWay):
+    "TwoWay whose 'pos' logit is lowered by 10: the same maps, but p(pos) < 0.5 on every image (the boxes step's gate would box none)"
+    def forward(self, x): return super().forward(x) + torch.tensor([5., -5.])
+
+def test_tune_scores_the_maps_ungated(squares):
+    "The tune step measures the maps, not the probability gate: a model sure of nothing boxes as well as the confident one (box_acc 1 at layer `a`)"
+    root,df,bx,learn = squares
+    shy = Learner(learn.dls, Shy(), loss_func=CrossEntropyLossFlat())
+    items = [root/f for f in df.file]
+    assert shy.cam(items[:2], target='pos').target_probs.max() < 0.01
+    t = recipe_table(shy, items, root/'boxes.csv', target='pos', methods=('gradcam',), layers=['a'], tta=(False,), thresholds=(0.5,), progress=False)
+    assert t.box_acc.iloc[0] == 1.0 and t.pointing.iloc[0] == 1.0
+
+def test_ap50_ranks_by_the_box_score():
+    "AP@0.5 and the AUROC rank the top boxes by the table's `score` alone (it is already prob x mass share): not prob x score, which would order these two the other way"
+    from fastcam.tune import _first_boxes
+    table = pd.DataFrame(dict(item=[0, 1], target=[0, 0], prob=[0.9, 0.5], x0=[0, 0], y0=[0, 0], x1=[4, 4], y1=[4, 4], score=[0.3, 0.4], reason=['', '']))
+    assert [s for _,s in _first_boxes(table, 2)] == [0.3, 0.4]   # prob x score would be 0.27 > 0.2
+
+@pytest.fixture
+def tuned(squares):
+    "The squares learner with a recipe (layer `a`, threshold 0.3, topk 1) that is not the default; untuned again afterwards"
+    root,df,bx,learn = squares
+    learn.use_recipe(dict(layer='a', threshold=0.3, topk=1))
+    yield root,df,bx,learn
+    learn.use_recipe(None)
+
+def _direct_boxes(learn, f, layer, threshold):
+    "cam_boxes of Grad-CAM at `layer` for file `f`, computed from the preprocessed batch (not through any recipe), at `threshold`, top box only"
+    from fastcam.core import cam
+    from fastcam.boxes import cam_boxes
+    xb = learn.dls.test_dl([f]).one_batch()[0]
+    r = cam(learn.model, xb, layer=layer, target='pos', method='gradcam', vocab=list(learn.dls.vocab))
+    return cam_boxes(r, [(64, 80)], learn.dls, threshold=threshold, min_area=16, topk=1)[['x0', 'y0', 'x1', 'y1', 'score']]
+
+_cols = ['x0', 'y0', 'x1', 'y1', 'score']
+
+def test_get_boxes_and_cam_boxes_follow_the_recipe_unless_told(tuned):
+    "A saved recipe's layer and threshold give exactly the boxes cam_boxes gives at them; an explicit argument wins over the recipe; untuned is the default recipe"
+    from fastcam.show import get_boxes
+    root,df,bx,learn = tuned
+    f = root/bx.file.iloc[0]
+    want = _direct_boxes(learn, f, 'a', 0.3).reset_index(drop=True)
+    assert want.x0.notna().all() and want.x1.iloc[0] - want.x0.iloc[0] > 14   # at 0.3 the box takes in noise around the 14 px square: unlike 0.7's
+    got = get_boxes(f, learn.dls, learn, target='pos', show_img=False).df
+    pd.testing.assert_frame_equal(got[_cols].reset_index(drop=True), want)
+    res = learn.cam([f], target='pos')
+    assert res.layer == 'a' and res.recipe['threshold'] == 0.3
+    pd.testing.assert_frame_equal(res.boxes()[_cols].reset_index(drop=True), want)
+    _,cams = learn.get_cams(dl=learn.dls.test_dl([f]), target='pos', with_boxes=True)
+    pd.testing.assert_frame_equal(cams[_cols].reset_index(drop=True), want)
+    # an argument given by the caller wins over the recipe, option by option
+    told = _direct_boxes(learn, f, 'a', 0.7).reset_index(drop=True)
+    pd.testing.assert_frame_equal(get_boxes(f, learn.dls, learn, target='pos', threshold=0.7, show_img=False).df[_cols].reset_index(drop=True), told)
+    pd.testing.assert_frame_equal(res.boxes(threshold=0.7)[_cols].reset_index(drop=True), told)
+    assert learn.cam([f], target='pos', layer='b').layer == 'b'
+    pd.testing.assert_frame_equal(get_boxes(f, learn.dls, learn, target='pos', layer='b', show_img=False).df[_cols].reset_index(drop=True),
+                                  _direct_boxes(learn, f, 'b', 0.3).reset_index(drop=True))
+    learn.use_recipe(None)   # untuned: default_recipe (the last spatial layer, 'b' here; threshold 0.7)
+    assert learn.cam([f], target='pos').layer == 'b' and learn.cam([f], target='pos').recipe is None
+    pd.testing.assert_frame_equal(get_boxes(f, learn.dls, learn, target='pos', show_img=False).df[_cols].reset_index(drop=True),
+                                  _direct_boxes(learn, f, 'b', 0.7).reset_index(drop=True))
+
+def test_recipe_precedence_and_sources(squares, tmp_path):
+    "argument > learner's recipe > default_recipe, option by option; `source` names where the recipe came from"
+    from fastcam.tune import recipe_args, run_recipe, save_recipe, default_recipe
+    root,df,bx,learn = squares
+    assert recipe_args(learn, threshold=None, method='layercam') == {**default_recipe, 'method': 'layercam', 'source': 'default_recipe'}
+    save_recipe(dict(layer=['a', 'b'], threshold=0.4), tmp_path/'model.pkl')
+    learn.use_recipe(tmp_path/'model.pkl')
+    try:
+        r = recipe_args(learn, threshold=0.6)
+        assert (r['layer'], r['threshold'], r['min_area'], r['source']) == (['a', 'b'], 0.6, default_recipe['min_area'], 'model.boxes.json')
+        assert learn.cam([root/df.file.iloc[0]], target='pos').layer == 'fused'   # the recipe's two layers: their fused map
+        assert run_recipe(tmp_path/'model.pkl', learn)['source'] == 'model.boxes.json'
+        assert run_recipe(tmp_path/'model.pkl', learn, use=False) == {**default_recipe, 'source': 'default_recipe'}
+        assert run_recipe(tmp_path/'other.pkl', learn)['source'] == "other.pkl's own (model.boxes.json)"
+    finally: learn.use_recipe(None)
+    with pytest.raises(ValueError, match=r"unknown box recipe key\(s\) \['thresh'\]"): learn.use_recipe(dict(thresh=0.5))
+
+def test_fastcam_tune_then_run(squares, tmp_path, capsys):
+    "`fastcam tune` writes model.boxes.json choosing `a` and prints its table; `fastcam run` then boxes the squares with it (run.json says so), --no-recipe does not, and a resume with another recipe refuses"
+    from fastcam.cli import main
+    root,df,bx,learn = squares
+    learn.export(tmp_path/'model.pkl')
+    rc = main(['tune', str(tmp_path/'model.pkl'), str(root), '--truth', str(root/'boxes.csv'), '--trust', '--target', 'pos', '--methods', 'gradcam',
+               '--layers', 'b|a', '--no-tta', '--thresholds', '0.5,0.7', '--no-progress'])
+    printed = capsys.readouterr().out
+    assert rc == 0 and f"saved the recipe to {tmp_path/'model.boxes.json'}" in printed and printed.splitlines()[0].split()[:4] == ['method', 'layer', 'tta', 'threshold']
+    saved = json.loads((tmp_path/'model.boxes.json').read_text())
+    assert saved['layer'] == 'a' and saved['metric'] == 'box_acc' and saved['scores']['box_acc'] == 1.0 and saved['n_boxes'] == 5
+    assert pd.read_csv(tmp_path/'model.boxes.csv').shape[0] == 4   # 2 layers x 2 thresholds
+    files = [str(root/f) for f in bx.file[:3]]
+    def run(out, *opts):
+        return main(['run', str(tmp_path/'model.pkl'), *files, '--trust', '--target', 'pos', '--out', str(out), '--no-progress', *opts])
+    for opts,want,source in (([], True, 'model.boxes.json'), (['--no-recipe'], False, 'default_recipe')):
+        out = tmp_path/f'run{len(opts)}'
+        assert run(out, *opts) == 0
+        info = json.loads((out/'run.json').read_text())
+        assert info['recipe']['source'] == source and info['options'].get('recipe') == (source if want else None)   # the default adds no run option
+        assert info['options']['threshold'] == (saved['threshold'] if want else 0.7) and info['recipe']['threshold'] == info['options']['threshold']
+        got = pd.read_csv(out/'boxes.csv').dropna(subset=['x0'])
+        hits = [box_iou(torch.tensor([[g.x0, g.y0, g.x1, g.y1]]), torch.tensor([[t.x0, t.y0, t.x1, t.y1]])).item() >= 0.5
+                for t in bx.iloc[:3].itertuples() for g in got[got.file.str.endswith(t.file)].itertuples()]
+        assert len(hits) == 3 and all(hits) == want and any(hits) == want
+    assert 'box recipe' in (tmp_path/'run0'/'report.html').read_text()
+    assert run(tmp_path/'run0', '--no-recipe') == 2   # the folder's records were made with the tuned recipe
+    assert 'recipe: model.boxes.json -> null' in capsys.readouterr().err
+    assert run(tmp_path/'run0', '--threshold', str(saved['threshold'])) == 0   # an option given equal to the recipe's: the same run, resumed
+    assert '0 done, 3 skipped (done before)' in capsys.readouterr().out
+
+def test_fastcam_tune_errors(squares, tmp_path, capsys):
+    "One line naming the problem: a missing truth, no labelled file among FILES, a bad metric"
+    from fastcam.cli import main
+    root,df,bx,learn = squares
+    learn.export(tmp_path/'model.pkl')
+    pd.DataFrame(dict(file=['elsewhere.png'], x0=[1], y0=[1], x1=[5], y1=[5])).to_csv(tmp_path/'other.csv', index=False)
+    for args,msg in ((['--truth', str(tmp_path/'nope.csv')], 'fastcam tune: --truth'), ([], '--truth is needed'),
+                     (['--truth', str(tmp_path/'other.csv')], 'none of the 10 items is named in the ground truth'),
+                     (['--truth', str(root/'boxes.csv'), '--metric', 'f1'], "--metric 'f1'")):
+        assert main(['tune', str(tmp_path/'model.pkl'), str(root), '--trust', '--no-progress', *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, err
