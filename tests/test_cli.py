@@ -243,11 +243,11 @@ def test_demo_and_help(tmp_path):
     pngs = list((tmp_path/'d'/'run'/'overlays').glob('*.png'))
     assert pngs and all(np.asarray(Image.open(p).convert('RGB')).std() > 10 for p in pngs)   # real pictures
     r = _fastcam('--help')
-    assert r.returncode == 0 and 'demo' in r.stdout and 'run' in r.stdout
+    assert r.returncode == 0 and 'demo' in r.stdout and 'run' in r.stdout and 'tune' in r.stdout
     r = _fastcam('run', '--help')
     assert r.returncode == 0 and '--num-processes' in r.stdout and '--trust' in r.stdout
     r = _fastcam('explode')
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "fastcam: unknown command 'explode'; choose one of: demo, run (or --help, --version)"
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "fastcam: unknown command 'explode'; choose one of: demo, run, tune (or --help, --version)"
 
 def test_tta_and_save_maps_reach_the_engine(setup, capsys):
     "--tta --save-maps: each saved map is the mean of the file's and its mirror's normalised Grad-CAM (book-style, by hand), not the plain map"
