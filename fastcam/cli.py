@@ -23,7 +23,7 @@ from .methods import small_xresnet, gap_linear_learner  # public in fastcam.meth
 from .boxes import MIN_PROB
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
 from .boxes import check_threshold
-from .tune import run_recipe, tune_files, recipe_path, load_recipe, tune_metrics
+from .tune import run_recipe, tune_files, load_recipe, tune_metrics
 from .report import atomic_write, sync_disk, write_outputs, csv_safe
 from .truth import Truth, evaluate_run, coco_results_list
 from .runs import (scan_inputs, lock_out, clean_temporaries, run_options, run_info, model_identity, save_run_info, resume_conflict,

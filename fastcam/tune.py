@@ -62,10 +62,9 @@ def learner_recipe(learn) -> dict:
     r = getattr(learn, 'box_recipe', None)
     return {'source': 'learner', **check_recipe(r)} if r else dict(default_recipe, source='default_recipe')
 
-def recipe_args(learn, recipe:dict=None, **given) -> dict:
-    "What to box with, option by option: the option `given` (not None) > `recipe` (default: the learner's, `learner_recipe`) > `default_recipe`"
-    base = learner_recipe(learn) if recipe is None else {'source': 'given recipe', **check_recipe(recipe)}
-    return {**base, **{k: v for k,v in given.items() if v is not None}}
+def recipe_args(learn, **given) -> dict:
+    "What to box with, option by option: the option `given` (not None) > the learner's recipe (`learner_recipe`) > `default_recipe`"
+    return {**learner_recipe(learn), **{k: v for k,v in given.items() if v is not None}}
 
 @patch
 def use_recipe(self:Learner, recipe=None):

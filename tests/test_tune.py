@@ -223,6 +223,12 @@ def test_fastcam_tune_then_run(squares, tmp_path, capsys):
     assert 'recipe: model.boxes.json -> null' in capsys.readouterr().err
     assert run(tmp_path/'run0', '--threshold', str(saved['threshold'])) == 0   # an option given equal to the recipe's: the same run, resumed
     assert '0 done, 3 skipped (done before)' in capsys.readouterr().out
+    (tmp_path/'mine.json').write_text(json.dumps(dict(layer='b', threshold=0.5)))   # --recipe: a JSON kept elsewhere
+    assert run(tmp_path/'run3', '--recipe', str(tmp_path/'mine.json')) == 0
+    info = json.loads((tmp_path/'run3'/'run.json').read_text())
+    assert (info['recipe']['source'], info['options']['layer'], info['options']['threshold'], info['options']['recipe']) == ('mine.json', 'b', 0.5, 'mine.json')
+    assert run(tmp_path/'run4', '--recipe', str(tmp_path/'mine.json'), '--no-recipe') == 2
+    assert capsys.readouterr().err.strip() == 'fastcam run: --recipe and --no-recipe contradict each other; give one'
 
 def test_fastcam_tune_errors(squares, tmp_path, capsys):
     "One line naming the problem: a missing truth, no labelled file among FILES, a bad metric"
@@ -236,3 +242,15 @@ def test_fastcam_tune_errors(squares, tmp_path, capsys):
         assert main(['tune', str(tmp_path/'model.pkl'), str(root), '--trust', '--no-progress', *args]) == 2
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1, err
+
+def test_callback_fuses_a_recipes_layers(squares):
+    "A recipe naming two layers: get_cams (GradCAMCallback inside get_preds) gives the mean of the two layers' normalised maps, as learn.cam(fused=True) does"
+    from fastcam.core import normalize_maps
+    root,df,bx,learn = squares
+    files = [root/f for f in df.file[:4]]
+    a,b = learn.cam(files, target='pos', layer='a', tta=False),learn.cam(files, target='pos', layer='b', tta=False)
+    learn.use_recipe(dict(layer=['a', 'b']))
+    try: got = learn.get_cams(dl=learn.dls.test_dl(files), target='pos')
+    finally: learn.use_recipe(None)
+    assert got.layer == 'fused' and got.recipe['layer'] == ['a', 'b']
+    assert torch.allclose(got.maps, (normalize_maps(a.maps) + normalize_maps(b.maps))/2, atol=1e-6)
