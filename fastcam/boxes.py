@@ -27,8 +27,8 @@ from .tune import default_recipe   # the box defaults live in one place (fastcam
 
 # %% auto #0
 __all__ = ['MIN_PROB', 'InputGeometry', 'input_geometry', 'maps_to_original', 'cell_to_original', 'peak_boxes', 'check_threshold',
-           'threshold_boxes', 'box_mass_share', 'boxes_frame', 'cam_boxes', 'result_boxes', 'result_original_maps',
-           'check_color', 'show_boxes']
+           'threshold_boxes', 'box_mass_share', 'box_evidence', 'boxes_frame', 'cam_boxes', 'result_boxes',
+           'result_original_maps', 'check_color', 'show_boxes']
 
 # %% ../nbs/05_boxes.ipynb #3aad1493
 def _resize_window(w, h, sw, sh, method):
@@ -280,7 +280,7 @@ def check_threshold(threshold, name:str='threshold'):
 
 # %% ../nbs/05_boxes.ipynb #c83adad9
 def threshold_boxes(m, # One map `[H, W]` at original resolution (NaN where unseen)
-                    threshold:float=0.7, # Fraction of the map's maximum a pixel must reach
+                    threshold:float=default_recipe['threshold'], # Fraction of the map's maximum a pixel must reach
                     min_area:int=16, # Smallest component kept, in original pixels
                     topk:int=None, # Keep the best `topk` boxes (all when None)
                     score:str='max', # Component score: 'max', 'mean' or 'mass' of the normalised map
@@ -325,6 +325,14 @@ def box_mass_share(m, # One map `[H, W]` at original resolution (NaN where unsee
     if not tot > 0: return np.zeros(len(boxes))
     return np.array([a[int(y0):int(y1), int(x0):int(x1)].sum()/tot for x0,y0,x1,y1 in np.asarray(boxes).reshape(-1, 4)])
 
+def box_evidence(m, # One map `[H, W]` at original resolution (NaN where unseen)
+                 boxes, # All the map's boxes `[n, 4]` (every region, not only the `topk` kept)
+                 prob:float) -> np.ndarray: # The class probability; NaN for a score target (no probability)
+    "Each box's `score`: `prob` x its mass relative to the map's most massive box (1 for that box); for a score target, its share of the map's mass"
+    s = box_mass_share(m, boxes)
+    if prob!=prob: return s
+    return prob*s/s.max() if len(s) and s.max() > 0 else np.full(len(s), prob)
+
 def boxes_frame(rows:list) -> pd.DataFrame:
     "The boxes table of `rows` (tuples in `_box_cols` order; None coordinates for a row without a box), with nullable integer coordinates"
     df = pd.DataFrame(rows, columns=_box_cols)
@@ -365,10 +373,12 @@ def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
             if c < 0: continue
             p = float(res.probs[b,c])
             if p < min_prob: rows.append(_no_box(b, t, c, names[b][t], p, 'below min_prob')); continue   # NaN (a score target: no probability) is never below
-            bx,_ = peak_boxes(res.maps[b,t], hw, g, relu) if mode=='peak' else threshold_boxes(mo[t], threshold, min_area, topk, score, relu=False)
+            bx,_ = peak_boxes(res.maps[b,t], hw, g, relu) if mode=='peak' else threshold_boxes(mo[t], threshold, min_area, None, score, relu=False)
+            ev = box_evidence(mo[t], bx, p)
+            bx,ev = bx[:topk],ev[:topk]
             if confirm: jobs.append((len(rows), b, t, c, names[b][t], p, hw, mo[t], bx)); rows.append(None); continue
             if not len(bx): rows.append(_no_box(b, t, c, names[b][t], p, 'no region')); continue
-            rows += [(b, t, c, names[b][t], p, *map(int, box), (p if p==p else 1.)*float(s), '') for box,s in zip(bx, box_mass_share(mo[t], bx))]
+            rows += [(b, t, c, names[b][t], p, *map(int, box), float(e), '') for box,e in zip(bx, ev)]
     if jobs:
         from fastcam.confirm import confirm_jobs
         done = confirm_jobs(jobs, res, model, xb, g, min_area, topk)

@@ -394,12 +394,12 @@ def _begin(out, learn, files, cfg, force, model, left_out, rank:int=0, world:int
 @call_parse
 def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT files/folders only)
         out:str='fastcam_out', # Output folder
-        layer:str=None, # Layer: a dotted name ('0.6', 'layer4') or an index path ('0,-2'); several separated by ';' ('0,-3;0,-2;0,-1') box their fused map; default: the box recipe's (untuned: the last spatial layer)
+        layer:str=None, # Layer: a dotted name ('0.6', 'layer4'), an index path ('0,-2') or a stage ('stage:-1' the last, 'stage:-2' the one before, any CNN); several separated by ';' ('0,-3;0,-2;0,-1') box their fused map; default: the box recipe's (untuned: the last spatial layer)
         method:str=None, # CAM method: gradcam, gradcampp, xgradcam, hirescam, layercam, eigencam, scorecam, cam; default: the box recipe's (untuned: gradcam)
         target:str=None, # Class to explain: the predicted one (default), a class name or index; --target CLASS boxes that finding on the files where its probability reaches --min-prob; a learner trained with a regression loss explains 'increase' (default) or 'decrease' of its output
         bs:int=16, # Files per batch
         mode:str=None, # Boxes: 'threshold' (connected regions) or 'peak' (the highest cell); default: the box recipe's (untuned: threshold)
-        threshold:float=None, # For 'threshold': fraction of the map's maximum; default: the box recipe's (untuned: 0.7)
+        threshold:float=None, # For 'threshold': fraction of the map's maximum; default: the box recipe's (untuned: 0.8, `default_recipe`)
         min_area:int=None, # For 'threshold': smallest region in original pixels; default: the box recipe's (untuned: 16)
         topk:int=None, # Boxes kept per file; default: the box recipe's (untuned: 1)
         confirm:store_true=False, # Model-confirmed boxes: the model chooses among candidate regions and scores them (fastcam.confirm; a few forwards per file)
@@ -624,7 +624,7 @@ def tune(*paths:str, # LEARNER then the labelled INPUT files/folders (a few with
          target:str=None, # Class to box: the predicted one (default), a class name or index (the finding's)
          methods:str='gradcam,layercam,hirescam', # CAM methods to try, comma-separated
          layers:str=None, # Layer choices to try, separated by '|', each as --layer of fastcam run ('0.6|0.5;0.6'); default: the network's stage ends, alone and fused (fastcam.tune.layer_candidates)
-         thresholds:str='0.3,0.4,0.5,0.6,0.7,0.8', # Box thresholds to try, comma-separated
+         thresholds:str='0.3,0.4,0.5,0.6,0.7,0.8,0.9', # Box thresholds to try, comma-separated
          no_tta:store_true=False, # Don't try mirroring (for a model not trained with flips)
          metric:str='box_acc', # Choose by: box_acc (BoxAcc@0.5 of the top box), pointing, max_box_acc_v2 or ap50
          top:int=8, # Rows of the table to print

@@ -21,7 +21,7 @@ __all__ = ['default_recipe', 'tune_metrics', 'check_recipe', 'recipe_path', 'sav
            'tune_files', 'run_recipe']
 
 # %% ../nbs/13_tune.ipynb #25b6c37d
-default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=0.7, min_area=16, topk=1)
+default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=0.8, min_area=16, topk=1)   # threshold: bench/results/localization.md
 _recipe_keys = tuple(default_recipe)
 
 def check_recipe(r:dict) -> dict:
@@ -155,7 +155,7 @@ def _names(model, xb, layers):
     return [[one(o) for o in c] if isinstance(c, (list, tuple)) and not all(isinstance(i, int) for i in c) else one(c) for c in layers]
 
 def _first_boxes(df, n):
-    "Per item `(box [1, 4] or [0, 4], confidence)`: the first box of the first target in the boxes table `df`; its confidence is the table's `score` (already prob x the box's share of the map)"
+    "Per item `(box [1, 4] or [0, 4], confidence)`: the first box of the first target in the boxes table `df`; its confidence is the table's `score` (it already holds prob)"
     df = df[(df['target']==0) & df['x0'].notna()] if len(df) else df
     first = df.groupby('item').head(1).set_index('item') if len(df) else df
     res = []
@@ -194,7 +194,7 @@ def recipe_table(learn, items:list, # the Learner, and labelled files (an item w
                  methods=('gradcam', 'layercam', 'hirescam', 'gradcampp'), # CAM methods tried
                  layers=None, # layer choices tried (a name, an index path or a list of them, fused); None: `layer_candidates` of the `stage_ends`
                  tta=(False, True), # mirror settings tried
-                 thresholds=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8), # box thresholds tried
+                 thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), # box thresholds tried
                  min_area:int=default_recipe['min_area'], # smallest region, in original pixels
                  tolerance:float=None, # pointing tolerance in pixels (None: 15 px at a 224 px scale)
                  bs:int=16, progress:bool=True) -> pd.DataFrame:
@@ -220,10 +220,11 @@ def recipe_table(learn, items:list, # the Learner, and labelled files (an item w
     return sort_recipes(df)
 
 def sort_recipes(df:pd.DataFrame, metric:str='box_acc') -> pd.DataFrame:
-    "Recipes best first: by `metric`, then pointing, MaxBoxAccV2, AP@0.5, then the faster"
+    "Recipes best first: by `metric`, then pointing, MaxBoxAccV2, AP@0.5; ties go to the simpler recipe (fewer layers, no mirror), then the grid's order (never to timing noise)"
     keys = list(dict.fromkeys([metric, 'pointing', 'max_box_acc_v2', 'ap50']))
-    d = df.assign(_t=-df['s_per_item']).sort_values(keys + ['_t'], ascending=False, kind='stable', na_position='last')
-    return d.drop(columns='_t').reset_index(drop=True)
+    n_layers = df['layer'].map(lambda l: len(l) if isinstance(l, (list, tuple)) and not all(isinstance(i, int) for i in l) else 1)
+    d = df.assign(_n=-n_layers, _m=~df['tta'].astype(bool)).sort_values(keys + ['_n', '_m'], ascending=False, kind='stable', na_position='last')
+    return d.drop(columns=['_n', '_m']).reset_index(drop=True)
 
 # %% ../nbs/13_tune.ipynb #cea05264
 tune_metrics = ('box_acc', 'pointing', 'max_box_acc_v2', 'ap50')   # the columns `tune_boxes` can choose by

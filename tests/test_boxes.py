@@ -121,7 +121,7 @@ def test_cam_boxes_both_modes(method, orig):
     assert list(pk.columns) == ['item', 'target', 'class', 'label', 'prob', 'x0', 'y0', 'x1', 'y1', 'score', 'reason']
     assert tuple(pk.loc[pk.item == 0, ['x0', 'y0', 'x1', 'y1']].iloc[0]) == PEAK[method, orig]
     assert pk.loc[pk.item == 0, 'label'].iloc[0] == 'nodule' and pk.loc[pk.item == 0, 'prob'].iloc[0] == pytest.approx(0.8)
-    th = cam_boxes(res, [orig, orig], g)
+    th = cam_boxes(res, [orig, orig], g, threshold=0.7)   # THRESH was worked out at 0.7
     row = th[th.item == 1].iloc[0]
     assert tuple(row[['x0', 'y0', 'x1', 'y1']]) == THRESH[method, orig]
     assert (row['class'], row['label'], row['prob']) == (0, 'normal', pytest.approx(0.9))
@@ -404,17 +404,19 @@ def test_show_boxes_with_a_cam_boxes_frame():
 # Box confidence and the probability gate. The score is prob x (map mass inside the box / map mass in the image),
 # checked here against sums done by hand on maps whose mass is known.
 
-def test_score_is_prob_times_mass_share_by_hand():
+def test_score_is_prob_times_relative_mass_by_hand():
+    "score = prob x the box's mass share over the largest share among the map's regions (so the main region scores prob; topk does not change it)"
     m = torch.zeros(7, 7); m[1, 1] = 1.; m[5, 4:6] = 0.5            # at input = original = 224: cells of 32x32 pixels
     res = CamResult(m[None, None], torch.tensor([[1]]), torch.tensor([[0.1, 0.9]]), vocab=['normal', 'nodule'], input_size=(224, 224))
     df = cam_boxes(res, (224, 224), None, mode='peak')
+    assert df[['x0', 'y0', 'x1', 'y1']].values.tolist() == [[32, 32, 64, 64]] and df.score[0] == pytest.approx(0.9, rel=1e-6)   # the peak cell (1, 1) is pixels 32..63, the only box
     up = torch.nn.functional.interpolate(m[None, None], (224, 224), mode='bilinear', align_corners=False)[0, 0]
-    want = 0.9 * up[32:64, 32:64].sum().item() / up.sum().item()   # the peak cell (1, 1) is pixels 32..63
-    assert df[['x0', 'y0', 'x1', 'y1']].values.tolist() == [[32, 32, 64, 64]] and df.score[0] == pytest.approx(want, rel=1e-5)
     th = cam_boxes(res, (224, 224), None, threshold=0.4)            # both blobs, each with its own share
     shares = [up[y0:y1, x0:x1].sum().item() / up.sum().item() for x0, y0, x1, y1 in th[['x0', 'y0', 'x1', 'y1']].values.tolist()]
-    assert len(th) == 2 and th.score.tolist() == pytest.approx([0.9*s for s in shares], rel=1e-5)
-    assert 0 < th.score.min() < th.score.max() < 0.9                # not constant, and never more than the probability
+    assert len(th) == 2 and th.score.tolist() == pytest.approx([0.9*s/max(shares) for s in shares], rel=1e-5)
+    assert 0 < th.score.min() < th.score.max() == pytest.approx(0.9)   # not constant, and never more than the probability
+    top = cam_boxes(res, (224, 224), None, threshold=0.4, topk=1)   # the brightest region alone keeps the score it has among both
+    assert top.score.tolist() == pytest.approx(th.score.tolist()[:1], rel=1e-6)
 
 def test_min_prob_gates_every_target_and_says_why():
     maps = torch.stack([_block_map(), _block_map()])[None]          # 1 item, 2 targets ('all')

@@ -33,8 +33,10 @@ def learn(dicoms):
     torch.manual_seed(0)
     return vision_learner(_dls(*dicoms, 'dataframe'), tiny_xresnet, pretrained=False)
 
-def _top_box(m, hw, threshold=0.7, min_area=16):
-    "The box of the thresholded component holding the maximum of map `m` resized straight to `hw` (scipy, not fastcam), or None"
+def _top_box(m, hw, threshold=None, min_area=16):
+    "The box of the thresholded component holding the maximum of map `m` resized straight to `hw` (scipy, not fastcam), or None; threshold None: the default's"
+    from fastcam.tune import default_recipe
+    threshold = default_recipe['threshold'] if threshold is None else threshold
     a = F.interpolate(m[None, None].float(), size=hw, mode='bilinear', align_corners=False)[0, 0].relu().numpy()
     if not a.max() > a.min(): return None
     n = (a - a.min()) / (a.max() - a.min())

@@ -36,4 +36,5 @@ def test_help_shows_parameters_and_meanings():
     box_doc = pydoc.render_doc(CamResult.boxes, renderer=pydoc.plaintext)
     for p in ("threshold: For 'threshold': fraction of the maximum", 'min_area: ', 'topk: ', 'geometry: '): assert p in box_doc, p
     sig = inspect.signature(CamResult.boxes).parameters
-    assert sig['threshold'].default == 0.7 and sig['min_area'].default == 16 and 'kwargs' not in sig
+    from fastcam.tune import default_recipe
+    assert sig['threshold'].default == default_recipe['threshold'] == 0.8 and sig['min_area'].default == 16 and 'kwargs' not in sig

@@ -183,11 +183,12 @@ def test_get_boxes_and_get_cmaps_with_several_layers_use_the_fused_map(learn, dl
     res = get_cmaps(item, dls, learn, layer=layers, show_maps=False, show_cmap=False, target=None)
     assert res.layer == 'fused' and int(res.targets[0, 0]) == cls
     torch.testing.assert_close(res.maps[0, 0], fused, atol=1e-5, rtol=1e-4)
-    # the box: the fused map in original pixels, min-max, >= 0.7 of the max, the 8-connected region holding the peak
+    # the box: the fused map in original pixels, min-max, >= the default threshold (default_recipe's) of the max, the 8-connected region holding the peak
     H, W = res.orig_sizes[0]
     m = maps_to_original(fused, (H, W), dls).numpy()
     n = (m - m.min())/(m.max() - m.min())
-    lab = label(n >= 0.7, connectivity=2)
+    from fastcam.tune import default_recipe
+    lab = label(n >= default_recipe['threshold'], connectivity=2)
     r = next(r for r in regionprops(lab) if r.label == lab.flat[n.argmax()])
     lb = get_boxes(item, dls, learn, layer=layers, show_img=False, min_prob=0.)   # an untrained model: no gate
     assert lb.bbox.tolist() == [[r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]]]

@@ -51,7 +51,7 @@ def test_resume_with_other_options_or_model_refuses_or_recomputes_with_force(set
     before = pd.read_csv(out/'boxes.csv')
     capsys.readouterr()
     for kw, says in [(dict(method='layercam'), 'method: gradcam -> layercam'), (dict(layer='0.4'), 'layer: null -> 0.4'),
-                     (dict(target='nodule'), 'target: null -> nodule'), (dict(threshold=0.5), 'threshold: 0.7 -> 0.5'),
+                     (dict(target='nodule'), 'target: null -> nodule'), (dict(threshold=0.5), 'threshold: 0.8 -> 0.5'),
                      (dict(model='model2.pkl'), 'model sha256: ')]:
         with pytest.raises(CliError) as e: run(root, inp, out, **kw)
         msg = str(e.value)

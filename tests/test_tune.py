@@ -5,7 +5,7 @@ import numpy as np, pandas as pd, pytest, torch
 from torch import nn
 from PIL import Image
 from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, ColReader, ColSplitter, Resize, Learner, CrossEntropyLossFlat
-from fastcam.tune import recipe_table, read_truth, load_recipe, recipe_path, coco_ap50, stage_ends, layer_candidates
+from fastcam.tune import recipe_table, read_truth, load_recipe, recipe_path, coco_ap50, stage_ends, layer_candidates, default_recipe
 import fastcam.tune, fastcam.callback  # noqa: F401  (patch Learner.tune_boxes, Learner.get_cams)
 from fastcam.metrics import box_iou, rle_encode
 
@@ -171,10 +171,10 @@ def test_get_boxes_and_cam_boxes_follow_the_recipe_unless_told(tuned):
     assert learn.cam([f], target='pos', layer='b').layer == 'b'
     pd.testing.assert_frame_equal(get_boxes(f, learn.dls, learn, target='pos', layer='b', show_img=False).df[_cols].reset_index(drop=True),
                                   _direct_boxes(learn, f, 'b', 0.3).reset_index(drop=True))
-    learn.use_recipe(None)   # untuned: default_recipe (the last spatial layer, 'b' here; threshold 0.7)
+    learn.use_recipe(None)   # untuned: default_recipe (the last spatial layer, 'b' here; its threshold)
     assert learn.cam([f], target='pos').layer == 'b' and learn.cam([f], target='pos').recipe is None
     pd.testing.assert_frame_equal(get_boxes(f, learn.dls, learn, target='pos', show_img=False).df[_cols].reset_index(drop=True),
-                                  _direct_boxes(learn, f, 'b', 0.7).reset_index(drop=True))
+                                  _direct_boxes(learn, f, 'b', default_recipe['threshold']).reset_index(drop=True))
 
 def test_recipe_precedence_and_sources(squares, tmp_path):
     "argument > learner's recipe > default_recipe, option by option; `source` names where the recipe came from"
@@ -213,7 +213,7 @@ def test_fastcam_tune_then_run(squares, tmp_path, capsys):
         assert run(out, *opts) == 0
         info = json.loads((out/'run.json').read_text())
         assert info['recipe']['source'] == source and info['options'].get('recipe') == (source if want else None)   # the default adds no run option
-        assert info['options']['threshold'] == (saved['threshold'] if want else 0.7) and info['recipe']['threshold'] == info['options']['threshold']
+        assert info['options']['threshold'] == (saved['threshold'] if want else default_recipe['threshold']) and info['recipe']['threshold'] == info['options']['threshold']
         got = pd.read_csv(out/'boxes.csv').dropna(subset=['x0'])
         hits = [box_iou(torch.tensor([[g.x0, g.y0, g.x1, g.y1]]), torch.tensor([[t.x0, t.y0, t.x1, t.y1]])).item() >= 0.5
                 for t in bx.iloc[:3].itertuples() for g in got[got.file.str.endswith(t.file)].itertuples()]
