@@ -11,8 +11,9 @@ For every validation file (positives and negatives) the default box recipe (`fas
 when its IoU with one of the file's lesions is >= 0.5 (a box on a negative is a miss). Each box is then ranked by a
 constant, by the class probability alone, by the map's mass share in the box alone, by the probability x that share
 (fastcam's first score), by the probability x the mass beyond a uniform map's ((share - area share) / (1 - area share)),
-and by fastcam's `score` (probability x the box's mass relative to the map's most massive region: the probability for the
-top box); for each ranking: AUROC of hit vs miss (scikit-learn) and COCO AP@0.5 (pycocotools
+by the probability x the model's deletion evidence (how much of the probability goes when the box is inpainted,
+`fastcam.confirm.region_evidence`: two more forwards per box), and by fastcam's `score` (probability x the box's mass
+relative to the map's most massive region: the probability for the top box); for each ranking: AUROC of hit vs miss (scikit-learn) and COCO AP@0.5 (pycocotools
 COCOeval, through `fastcam.tune.coco_ap50`), per run, then mean +- sd over the runs of the tuning domains and,
 apart, of the held-out domain. The same rankings are also given for the boxes the default gate leaves (prob >= 0.5).
 
@@ -43,8 +44,19 @@ GATES = np.round(np.arange(0, 0.951, 0.05), 2)
 RANKERS = {'constant': lambda b: np.ones(len(b)), 'prob': lambda b: b.prob.to_numpy(), 'mass share': lambda b: b.share.to_numpy(),
            'prob x mass share (the first score)': lambda b: (b.prob*b.share).to_numpy(),
            'prob x mass beyond uniform': lambda b: (b.prob*((b.share-b.area)/(1-b.area)).clip(lower=0)).to_numpy(),
+           'prob x deletion evidence (the model, 2 forwards a box)': lambda b: (b.prob*b['drop']).to_numpy(),
            'score (prob x relative mass)': lambda b: b.score.to_numpy()}
 CONF_RANKERS = {'constant': RANKERS['constant'], 'prob': RANKERS['prob'], 'score (prob x evidence)': lambda b: b.score.to_numpy()}
+
+def with_drop(b, res, learn, files):
+    "`b` with `drop`: how much of the class's probability (over what a full blur removes) goes when the box is inpainted (`fastcam.confirm.region_evidence`)"
+    from fastcam.confirm import region_evidence, to_input_boxes
+    from fastcam.boxes import input_geometry
+    xb = torch.cat([o[0] for o in learn.dls.test_dl(files, bs=64)]).as_subclass(torch.Tensor)
+    g = input_geometry(learn.dls)
+    jobs = [(int(r.item), int(res.targets[int(r.item), int(r.target)]), to_input_boxes(np.array([[int(r.x0), int(r.y0), int(r.x1), int(r.y1)]]), tuple(res.orig_sizes[int(r.item)]), g)) for r in b.itertuples()]
+    ev = region_evidence(learn.model, xb, jobs) if jobs else []
+    return b.assign(drop=[e['drop'][0] for e in ev])
 
 def with_share(b, res):
     "`b` with each box's `share` of its map's mass and its `area` as a share of the image"
@@ -92,7 +104,7 @@ def one(name, seed, recipe, confirm_n):
     lay = recipe['layer']
     res = learn.cam(files, layer=lay, target='nodule', method=recipe['method'], tta=recipe['tta'], fused=isinstance(lay, list))
     sizes = [tuple(int(v) for v in s) for s in res.orig_sizes]
-    plain = with_share(with_hits(res.boxes(threshold=recipe['threshold'], topk=1, min_prob=0.), files, gt), res)
+    plain = with_drop(with_share(with_hits(res.boxes(threshold=recipe['threshold'], topk=1, min_prob=0.), files, gt), res), res, learn, files)
     n_les = sum(len(gt[f]) for f in files if f in gt)
     out = dict(domain=name, seed=seed, accuracy=info['accuracy'], files=len(files), lesions=n_les, boxes=len(plain), hits=int(plain.hit.sum()),
                plain=rankings(plain, files, gt, sizes, RANKERS), gated=rankings(plain[plain.prob >= 0.5], files, gt, sizes, RANKERS),
