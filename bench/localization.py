@@ -42,7 +42,7 @@ FULL = dict(n=600, epochs=12, seeds=(0, 1, 2), methods=('gradcam', 'layercam', '
             thresholds=(0.5, 0.6, 0.7, 0.8, 0.9), labelled=24, domains=tuple(DOMAINS), min_acc=0.6)
 QUICK = dict(n=64, epochs=2, seeds=(0,), methods=('gradcam', 'layercam'), tta=(False,), thresholds=(0.4, 0.7), labelled=8,
              domains=('large_soft', HELD_OUT), min_acc=0.)   # quick models learn nothing: all kept
-DEFAULTS = ("The defaults of `get_boxes`, `CamResult.boxes`, `learn.get_cams(with_boxes=True)` and `fastcam run` (`fastcam.tune.default_recipe`) "
+DEFAULTS = ("The defaults of `get_boxes`, `CamResult.boxes` (which keeps every region unless given `topk`), `learn.get_cams(with_boxes=True)` and `fastcam run` (`fastcam.tune.default_recipe`) "
             "keep two choices fixed before the table is read: the **layer** is the last stage (Grad-CAM's own, `layer=None`), because which layer boxes best "
             "is what moves most between domains (the table's best on the tuning domains fuses four stages and does worse on the held-out one); and **tta is off**, "
             "because averaging with the mirror image is only right for models trained with mirror images (many chest X-ray models are not; the benchmark's are, "

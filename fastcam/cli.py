@@ -18,7 +18,7 @@ from PIL import Image
 from fastcore.script import call_parse, parse_cli, store_true, CliError
 from fastai.vision.all import (DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, Flip, XResNet, ResBlock, Normalize, imagenet_stats,
                                vision_learner, accuracy, load_learner, Learner, create_body)
-from .core import learner_cam, several_layers, gather, score_target, _learner_target, _vocab, _learner_multi_label
+from .core import learner_cam, several_layers, stage_index, gather, score_target, _learner_target, _vocab, _learner_multi_label
 from .methods import small_xresnet, gap_linear_learner  # public in fastcam.methods (and fastcam.all); still importable from here
 from .boxes import MIN_PROB
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
@@ -343,16 +343,17 @@ def _engine_opts(cfg) -> dict:
 def _flags(kw) -> str: return ' '.join(f"--{k} {'x'.join(map(str, v)) if k=='grid' else v}" for k,v in kw.items())
 
 def _check_engine_opts(learn, files, cfg):
-    "A one-line error when --tokens, --grid or --output do not fit the model: the first file that reads goes once through `gather` (no backward)"
-    kw = _engine_opts(cfg)
-    if not kw: return
+    "A one-line error when --tokens, --grid, --output or a stage layer ('stage:-5') do not fit the model: the first file that reads goes once through `gather` (no backward)"
+    kw,layers = _engine_opts(cfg),several_layers(cfg['layer']) or [cfg['layer']]
+    stages = [l for l in layers if stage_index(l) is not None]
+    if not kw and not stages: return
     as_pil = _opens_pil(learn)
     for f in files:
         try: xb = learn.dls.test_dl([_read(f, as_pil).item], bs=1).one_batch()[0]
         except Exception: continue   # a file that can't be read is reported with the run's errors
-        try: gather(learn.model, xb, several_layers(cfg['layer']) or [cfg['layer']], _learner_target(learn, cfg['target']), _vocab(learn),
+        try: gather(learn.model, xb, layers, _learner_target(learn, cfg['target']), _vocab(learn),
                     _learner_multi_label(learn), need_grad=False, **kw)
-        except ValueError as e: raise CliError(f"fastcam run: {_flags(kw)}: {_one_line(e)}") from None
+        except ValueError as e: raise CliError(f"fastcam run: {' '.join(filter(None, [_flags(kw), '--layer ' + ';'.join(stages) if stages else '']))}: {_one_line(e)}") from None
         return
 
 def _device(d):

@@ -34,7 +34,7 @@ def model_blocks(model:nn.Module, depth:int=2) -> list:
 @torch.no_grad()
 def randomize_(m:nn.Module, seed:int=0) -> nn.Module:
     "Re-initialise `m` in place as if freshly built: `reset_parameters` (which also resets BatchNorm statistics) where a module has it, else N(0, 0.02)"
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.no_grad():   # no_grad: parameters that need grads (a ViT's cls_token) can be filled in place
         torch.manual_seed(seed)
         for s in m.modules():
             if callable(getattr(s, 'reset_parameters', None)): s.reset_parameters()
@@ -97,8 +97,8 @@ def _fingerprint(m:nn.Module) -> list:
 def label_randomized(train_fn, # `train_fn(model)`: trains the model it gets on randomly permuted labels, returns it (or its Learner)
                      model:nn.Module, # the model checked; never given to `train_fn`
                      seed:int=0) -> nn.Module:
-    "The model of Adebayo et al.'s data randomization test: `train_fn` gets a copy of `model` re-initialised as if freshly built (the paper trains from scratch), and must return it trained"
-    given = randomize_(copy.deepcopy(model), seed)
+    "The model of Adebayo et al.'s data randomization test: `train_fn` gets a copy of `model` re-initialised as if freshly built, every parameter trainable (the paper trains from scratch; a frozen fastai body stays frozen in a copy), and must return it trained"
+    given = randomize_(copy.deepcopy(model), seed).requires_grad_(True)
     init = _fingerprint(given)
     r = train_fn(given)
     m = getattr(r, 'model', r)

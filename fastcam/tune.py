@@ -21,7 +21,7 @@ __all__ = ['default_recipe', 'tune_metrics', 'check_recipe', 'recipe_path', 'sav
            'tune_files', 'run_recipe']
 
 # %% ../nbs/13_tune.ipynb #25b6c37d
-default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=0.8, min_area=16, topk=1)   # threshold: bench/results/localization.md
+default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=0.8, min_area=16, topk=1)   # threshold: bench/results/localization.md (small CNNs, 96 px)
 _recipe_keys = tuple(default_recipe)
 
 def check_recipe(r:dict) -> dict:

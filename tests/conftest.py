@@ -59,7 +59,8 @@ def exported_dicom_learner(root, n:int=16, seed:int=1):
     df = make_dicom_set(root/'train', n=n, seed=seed)
     dblock = DataBlock(blocks=(DicomBlock(), CategoryBlock), get_x=ColReader('file', pref=root/'train'), get_y=ColReader('label'),
                        splitter=ColSplitter('is_valid'), item_tfms=Resize(64, method='squish'))
-    torch.manual_seed(0)
+    from fastai.torch_core import set_seed
+    set_seed(0, reproducible=True)   # python's random too: fastai shuffles with it, so the model would depend on which tests ran before
     learn = vision_learner(dblock.dataloaders(df, bs=8, num_workers=0), tiny_xresnet, pretrained=False)
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
     learn.export(root/'model.pkl')

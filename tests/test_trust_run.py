@@ -155,3 +155,21 @@ def test_report_says_when_a_check_had_only_empty_maps():
                                            dict(method='gradcam', layer='1', files=2, spearman=0.7, ssim=0.5, hog=0.4, items=2, passed=False)]))
     cells = p.sections['sanity']
     assert cells[13] == 'FAILED: empty maps' and cells[20] == 'FAILED'
+
+def test_label_randomized_copy_of_a_vit_is_fresh_and_fully_trainable():
+    "randomize_ fills parameters that need grads (a timm ViT's cls_token, pos_embed) under no_grad (an in-place op on them raised); the copy train_fn gets is trainable everywhere, even where the user's model is frozen, and the user's model keeps its weights and its frozen layers"
+    timm = pytest.importorskip('timm')
+    from fastcam.sanity import randomize_, label_randomized
+    m = timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=2, img_size=32, patch_size=8)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.blocks.requires_grad_(False)                       # a frozen body, as fastai leaves it before unfreeze()
+    seen = {}
+    def fit(x):
+        seen['trainable'] = all(p.requires_grad for p in x.parameters())
+        seen['fresh'] = not torch.equal(x.cls_token, m.cls_token) and not torch.equal(x.pos_embed, m.pos_embed)
+        opt = torch.optim.SGD(x.parameters(), 0.1); x(torch.randn(2, 3, 32, 32)).sum().backward(); opt.step()
+        return x
+    r = label_randomized(fit, m)
+    assert seen == {'trainable': True, 'fresh': True} and r is not m and torch.is_grad_enabled()
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    assert not any(p.requires_grad for p in m.blocks.parameters())

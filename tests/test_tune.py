@@ -111,6 +111,10 @@ def test_stage_names_give_the_maps_of_those_modules(tmp_path):
     run(str(tmp_path/'model.pkl'), *[str(o) for o in items], out=str(tmp_path/'out'), layer='stage:-2', trust=True, progress=False)
     info = json.loads((tmp_path/'out'/'run.json').read_text())
     assert 'stage:-2' in json.dumps(info)
+    from fastcore.script import CliError
+    with pytest.raises(CliError, match=r"^fastcam run: --layer stage:-9: layer 'stage:-9': the model has \d stage ends .*; use stage:-1 to stage:-\d$"):
+        run(str(tmp_path/'model.pkl'), *[str(o) for o in items], out=str(tmp_path/'bad'), layer='stage:-9', trust=True, progress=False)
+    assert not (tmp_path/'bad'/'boxes.csv').exists()   # refused before any file, not one error row per file
 
 
 class Shy(TwoWay):
