@@ -316,6 +316,7 @@ class CamResult:
         if isinstance(i, int): i = slice(i, (i+1) or None)
         elif not isinstance(i, slice):
             i = torch.as_tensor(i)
+            if i.numel()==0: i = i.long()   # [] is read as a float tensor, which cannot index
             if i.dtype==torch.bool:   # a mask, e.g. res[res.target_probs[:,0] > 0.5]: the items where it is True
                 if len(i)!=len(self): raise IndexError(f"a mask of {len(i)} values for a CamResult of {len(self)} items; give one per item")
                 i = i.nonzero().flatten()
