@@ -616,7 +616,7 @@ def demo(out:str='demo_out', # Folder for the synthetic data, the model and the 
     return rc
 
 # %% ../nbs/11_cli.ipynb #fc4ec9c5
-tune_columns = ['method', 'layer', 'tta', 'threshold', 'box_acc', 'pointing', 'max_box_acc_v2', 'ap50']   # what `fastcam tune` prints of the table
+tune_columns = ['method', 'layer', 'tta', 'threshold', 'box_acc', 'oracle_box_acc', 'pointing', 'max_box_acc_v2', 'ap50']   # what `fastcam tune` prints of the table
 
 @call_parse
 def tune(*paths:str, # LEARNER then the labelled INPUT files/folders (a few with the finding, some without)

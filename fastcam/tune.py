@@ -174,7 +174,7 @@ def _measure(r, gts, thresholds, min_area, tolerance, secs):
     tol = [_tolerance(tolerance, r.orig_sizes[i]) for i in pos]
     pt = float(np.mean([pointing_hits([mos[i][0]], [gts[i]], t)[0].item() for i,t in zip(pos, tol)]))
     v2 = max_box_acc_v2([mos[i][0] for i in pos], [gts[i] for i in pos], thresholds=0.05)/100
-    rows = []
+    rows,any_hit = [],np.zeros(n, bool)
     for thr in thresholds:
         t0 = time.perf_counter()
         tops = _first_boxes(r.boxes(mode='threshold', threshold=float(thr), min_area=min_area, topk=1, min_prob=0., original=[torch.nan_to_num(m) for m in mos]), n)
@@ -182,11 +182,13 @@ def _measure(r, gts, thresholds, min_area, tolerance, secs):
         iou = [box_iou(torch.from_numpy(b), gts[i]).max().item() if len(b) and len(gts[i]) else 0. for i,(b,_) in enumerate(tops)]
         hits = [iou[i] >= 0.5 for i in range(n)]
         has = [len(b)>0 for b,_ in tops]
+        any_hit |= hits
         rows.append(dict(threshold=float(thr), pointing=pt, box_acc=float(np.mean([hits[i] for i in pos])), max_box_acc_v2=v2,
                          ap50=coco_ap50([(b, [s]*len(b)) for b,s in tops], gts, r.orig_sizes),
                          score_auroc=_auroc([s for (b,s),h in zip(tops, has) if h], [hits[i] for i in range(n) if has[i]]),
                          s_per_item=(secs + dt)/n))
-    return rows
+    oracle = float(np.mean(any_hit[pos])) if pos else float('nan')
+    return [dict(r, oracle_box_acc=oracle) for r in rows]
 
 def recipe_table(learn, items:list, # the Learner, and labelled files (an item without a true box counts as a negative)
                  gt, # ground truth: see `read_truth`

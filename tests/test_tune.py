@@ -258,3 +258,25 @@ def test_callback_fuses_a_recipes_layers(squares):
     finally: learn.use_recipe(None)
     assert got.layer == 'fused' and got.recipe['layer'] == ['a', 'b']
     assert torch.allclose(got.maps, (normalize_maps(a.maps) + normalize_maps(b.maps))/2, atol=1e-6)
+
+def test_oracle_box_acc_is_each_item_at_its_own_best_threshold(tmp_path):
+    "Two positives built so that one is boxed right only at 0.5 and the other only at 0.8: each threshold's box_acc is 0.5, the oracle's 1"
+    rng,rows,boxes = np.random.default_rng(1),[],[]
+    for i in range(4):
+        im = rng.normal(50, 4, (64, 80)).clip(0, 255)
+        if i==0:   # a 14x14 square (230) with a 24 px wide dimmer band (170) to its right: at 0.5 the box takes the band too (IoU 14/38)
+            im[20:34, 10:24] = 230; im[20:34, 24:48] = 170
+        if i==1:   # a 14x14 square (170) with a 6x6 core (230): at 0.8 only the core is boxed (IoU 36/196)
+            im[20:34, 10:24] = 170; im[24:30, 14:20] = 230
+        if i < 2: boxes.append(dict(file=f'im{i}.png', x0=10, y0=20, x1=24, y1=34))
+        Image.fromarray(im.astype(np.uint8)).convert('RGB').save(tmp_path/f'im{i}.png')
+        rows.append(dict(file=f'im{i}.png', label='pos' if i < 2 else 'neg', is_valid=False))
+    df = pd.DataFrame(rows)
+    dls = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader('file', pref=tmp_path), get_y=ColReader('label'),
+                    splitter=ColSplitter('is_valid'), item_tfms=Resize(64, method='squish')).dataloaders(df, bs=4, num_workers=0)
+    learn = Learner(dls, TwoWay(), loss_func=CrossEntropyLossFlat())
+    gt = {str(tmp_path/b['file']): [[b['x0'], b['y0'], b['x1'], b['y1']]] for b in boxes}
+    t = recipe_table(learn, [tmp_path/f for f in df.file], gt, target='pos', methods=('gradcam',), layers=['a'], tta=(False,),
+                     thresholds=(0.5, 0.8), min_area=4, progress=False).set_index('threshold')
+    assert t.box_acc.to_dict() == {0.5: 0.5, 0.8: 0.5}
+    assert (t.oracle_box_acc == 1.0).all()
