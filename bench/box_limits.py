@@ -22,7 +22,9 @@ gradient (d logit / d pixel, positive part, Gaussian-smoothed by `sigma` origina
 region's box (**gradient-refined box**); its setting is chosen on the tuning domains' mean BoxAcc and reported on the
 held-out domain at that setting; and **true size at the gradient's centre** (its centroid, sigma 2, t 0.5).
 
-Usage: python bench/box_limits.py [--jobs 2] [--layers stage:-1 stage:-2] [--out bench/results/box_limits.md]
+`--scale 2`: the models of `bench/localization.py --scale 2` (images and input twice the size; box_limits_x2.md).
+
+Usage: python bench/box_limits.py [--jobs 2] [--scale 1] [--layers stage:-1 stage:-2] [--out bench/results/box_limits.md]
 """
 from __future__ import annotations
 import argparse, json, multiprocessing, sys, time, warnings
@@ -63,10 +65,10 @@ def input_gradients(learn, files, c, bs=32):
     finally: m.train(was)
     return torch.cat(out)
 
-def one(domain, seed, layers):
+def one(domain, seed, layers, scale=1):
     torch.set_num_threads(1)
-    path,df = L.domain_set(domain, L.FULL['n'])
-    learn,info = L.trained(domain, path, df, seed, L.FULL['epochs'])
+    path,df = L.domain_set(domain, L.FULL['n'], scale)
+    learn,info = L.trained(domain, path, df, seed, L.FULL['epochs'], int(96*scale))
     valid = [str(path/f) for f in df.file[df.is_valid]]
     gts = _gts_of(valid, L.gt_dict(path))
     pos = [i for i,g in enumerate(gts) if len(g)]
@@ -117,12 +119,13 @@ def one(domain, seed, layers):
 
 def ms(v): v = np.asarray(v, float); return f"{100*v.mean():.0f} +- {100*v.std():.0f}"
 
-def report(rows, layers, secs):
+def report(rows, layers, secs, scale=1):
     tune,ho = [r for r in rows if r['domain']!=L.HELD_OUT],[r for r in rows if r['domain']==L.HELD_OUT]
     keys = list(rows[0]['refined'])
     best = max(keys, key=lambda k: np.mean([r['refined'][k] for r in tune]))
-    L_ = [f"# What limits the boxes (BoxAcc@0.5 of the top box, validation positives)", '',
-          f"`python bench/box_limits.py`: the models of `bench/localization.py` (5 domains x 3 seeds, 96 px, small XResNet), Grad-CAM, target 'nodule'; "
+    sc = '' if scale==1 else f' --scale {scale:g}'
+    L_ = [f"# What limits the boxes (BoxAcc@0.5 of the top box, validation positives){f', images and input x{scale:g}' if sc else ''}", '',
+          f"`python bench/box_limits.py{sc}`: the models of `bench/localization.py{sc}` (5 domains x 3 seeds, {96*scale:g} px, small XResNet), Grad-CAM, target 'nodule'; "
           f"mean +- sd over runs; {secs/60:.1f} min on 2 CPU cores. What each column means: the docstring of bench/box_limits.py.", '',
           "| runs | layer | map's box (t=%.1f) %% | any threshold, per image (oracle) %% | true size at the map's centre (oracle) %% | centre error / lesion side (median) |" % default_recipe['threshold'],
           "|---|---|---|---|---|---|"]
@@ -149,14 +152,16 @@ def main():
     ap.add_argument('--jobs', type=int, default=2)
     ap.add_argument('--layers', nargs='+', default=['stage:-1', 'stage:-2'], help='Grad-CAM layers measured (the first also gets the gradient-refined boxes)')
     ap.add_argument('--domains', nargs='+', default=None); ap.add_argument('--seeds', type=int, nargs='+', default=None)
-    ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'box_limits.md'))
+    ap.add_argument('--scale', type=float, default=1, help="the models of `bench/localization.py --scale`")
+    ap.add_argument('--out', default=None, help='default: bench/results/box_limits.md (box_limits_x2.md for --scale 2)')
     a = ap.parse_args()
+    a.out = a.out or str(Path(__file__).parent/'results'/('box_limits.md' if a.scale==1 else f'box_limits_x{a.scale:g}.md'))
     t0,cfg = time.time(),L.FULL
     jobs = [(d, s) for d in (a.domains or cfg['domains']) for s in (a.seeds or cfg['seeds'])]
     with ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context('spawn')) as ex:
-        rows = list(ex.map(one, *zip(*jobs), [a.layers]*len(jobs)))
+        rows = list(ex.map(one, *zip(*jobs), [a.layers]*len(jobs), [a.scale]*len(jobs)))
     rows = [r for r in rows if r['accuracy'] >= cfg['min_acc']]
-    md = report(rows, a.layers, time.time()-t0)
+    md = report(rows, a.layers, time.time()-t0, a.scale)
     Path(a.out).write_text(md); Path(a.out).with_suffix('.json').write_text(json.dumps(rows))
     print(md)
 

@@ -14,7 +14,11 @@ over the tuning domains at the default layer without tta (see DEFAULTS for why t
 `learn.tune_boxes` does) on `--labelled` labelled TRAINING files of the held-out domain and reports the chosen
 recipe on its validation files.
 
-Usage: python bench/localization.py [--quick] [--out bench/results/localization.md] [--jobs 2] [--from-csv CSV]
+`--scale 2` runs the same domains with images and model input twice the size (192-276 px images, 192 px input): the
+lesions then span several cells of the last-stage map instead of about one, which shows how the defaults and the
+box rule carry to another scale (results in bench/results/localization_x2.md).
+
+Usage: python bench/localization.py [--quick] [--scale 1] [--out bench/results/localization.md] [--jobs 2] [--from-csv CSV]
 """
 from __future__ import annotations
 import argparse, hashlib, json, multiprocessing, os, sys, time, warnings
@@ -50,19 +54,24 @@ DEFAULTS = ("The defaults of `get_boxes`, `CamResult.boxes` (which keeps every r
             "The tune step (`learn.tune_boxes`, `fastcam tune`) chooses all of them on the user's own labelled files.")
 METRICS = ['pointing', 'box_acc', 'max_box_acc_v2', 'ap50', 'score_auroc', 's_per_item']
 
-def domain_set(name, n):
-    "The domain's DICOM set (made once, cached); returns (folder, labels)"
+def domain_opts(name, scale=1):
+    "`make_dicom_set` options of domain `name`, its image sizes times `scale`"
     opts = {**base, **DOMAINS[name]}
+    return {**opts, 'size': tuple(int(scale*v) for v in opts['size'])}
+
+def domain_set(name, n, scale=1):
+    "The domain's DICOM set at `scale` (made once, cached); returns (folder, labels)"
+    opts = domain_opts(name, scale)
     key = hashlib.sha1(json.dumps([opts, n]).encode()).hexdigest()[:8]
-    path = CACHE/f'{name}_{n}_{key}'
+    path = CACHE/(f'{name}_{n}_{key}' if scale==1 else f'{name}_{n}_x{scale:g}_{key}')
     if (path/'labels.csv').exists(): return path,pd.read_csv(path/'labels.csv')
     seed = list(DOMAINS).index(name) + 100
     make_dicom_set(path, n=n, seed=seed, valid_pct=0.3, **opts)
     return path,pd.read_csv(path/'labels.csv')
 
 def trained(name, path, df, seed, epochs, size=96):
-    "A small XResNet trained from scratch on the domain with model seed `seed` (cached export)"
-    f = path/f'model_s{seed}_e{epochs}.pkl'
+    "A small XResNet trained from scratch on the domain with model seed `seed` at input `size` (cached export)"
+    f = path/(f'model_s{seed}_e{epochs}.pkl' if size==96 else f'model_s{seed}_e{epochs}_{size}px.pkl')
     if f.exists(): return load_learner(f, cpu=True),json.loads(f.with_suffix('.json').read_text())
     set_seed(seed, reproducible=True)
     learn = gap_linear_learner(synth_dls(path, df, size, bs=16, seed=seed), size=size)
@@ -81,9 +90,9 @@ def gt_dict(path):
 def evaluate(name, seed, cfg):
     "`(rows, tuned, info)`: `recipe_table` of the model of seed `seed` on domain `name`'s validation files (and, held out, the tuned choice)"
     torch.set_num_threads(1)
-    path,df = domain_set(name, cfg['n'])
+    path,df = domain_set(name, cfg['n'], cfg['scale'])
     gt,valid = gt_dict(path),[str(path/f) for f in df.file[df.is_valid]]
-    learn,info = trained(name, path, df, seed, cfg['epochs'])
+    learn,info = trained(name, path, df, seed, cfg['epochs'], int(96*cfg['scale']))
     kw = dict(target='nodule', methods=cfg['methods'], tta=cfg['tta'], thresholds=cfg['thresholds'], progress=False)
     t0 = time.time()
     rows = recipe_table(learn, valid, gt, **kw).assign(domain=name, seed=seed, accuracy=info['accuracy'])
@@ -101,10 +110,10 @@ def tuned_row(learn, path, df, gt, rows, cfg):
 def tuned_from_rows(all_rows, cfg):
     "The held-out domain's tuned rows, computed again from the cached models (for --from-csv)"
     torch.set_num_threads(1)
-    path,df = domain_set(HELD_OUT, cfg['n'])
+    path,df = domain_set(HELD_OUT, cfg['n'], cfg['scale'])
     res = []
     for seed in cfg['seeds']:
-        learn,_ = trained(HELD_OUT, path, df, seed, cfg['epochs'])
+        learn,_ = trained(HELD_OUT, path, df, seed, cfg['epochs'], int(96*cfg['scale']))
         rows = all_rows[(all_rows.domain==HELD_OUT) & (all_rows.seed==seed)]
         res.append(tuned_row(learn, path, df, gt_dict(path), rows, cfg))
     return pd.concat(res)
@@ -140,25 +149,31 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
     fixed = tr[(tr.method=='gradcam') & (tr.layer.map(str)=='stage:-1') & (~tr.tta.astype(bool))]   # the defaults' layer and tta are fixed beforehand (see DEFAULTS)
     best = fixed.groupby('key')[METRICS].mean().sort_values(['box_acc', 'pointing', 'max_box_acc_v2'], ascending=False).index[0]
     old = _key(pd.DataFrame([dict(method='gradcam', layer='stage:-1', tta=False, threshold=0.7)])).iloc[0]
+    dflt = _key(pd.DataFrame([dict(default_recipe, layer='stage:-1')])).iloc[0]   # fastcam's defaults as they are (chosen at scale 1)
+    extra = [] if dflt==best else [('fastcam default_recipe', dflt)]
     chosen = tr[tr.key==best].iloc[0]
-    L = [f"# Localization across synthetic domains ({'quick' if cfg is QUICK else 'full'} run)", '',
-         f"`python bench/localization.py{' --quick' if cfg is QUICK else ''}`: {len(cfg['domains'])} domains x {len(cfg['seeds'])} model seeds, "
-         f"{cfg['n']} DICOMs per domain (30 % validation), small XResNet from scratch, {cfg['epochs']} epochs, 96 px squish; " +
+    sc = cfg['scale']
+    L = [f"# Localization across synthetic domains ({'quick' if cfg.get('quick') else 'full'} run{f', images and input x{sc:g}' if sc!=1 else ''})", '',
+         f"`python bench/localization.py{' --quick' if cfg.get('quick') else ''}{f' --scale {sc:g}' if sc!=1 else ''}`: {len(cfg['domains'])} domains x {len(cfg['seeds'])} model seeds, "
+         f"{cfg['n']} DICOMs per domain (30 % validation), small XResNet from scratch, {cfg['epochs']} epochs, {96*sc:g} px squish; " +
          (f"{a_jobs} processes of one torch thread; {secs/60:.1f} min in all; models cached in bench/.cache/, 12 epochs took 3.5-7.5 min per model on the loaded 2-core machine." if secs==secs else "this report was made again from the run's CSV (`--from-csv`), the tune step redone on the cached models."), '',
-         "Domains (`make_dicom_set` options on top of size (96, 120), contrast (0.15, 0.25)):", '']
-    L += [f"- `{d}`{' (HELD OUT)' if d==HELD_OUT else ''}: {DOMAINS[d]}; accuracy {ms([i['accuracy'] for i in infos if i['domain']==d])} %" for d in cfg['domains']]
+         f"Domains (`make_dicom_set` options on top of size {domain_opts(tune_doms[0], sc)['size']}, contrast (0.15, 0.25)):", '']
+    L += [f"- `{d}`{' (HELD OUT)' if d==HELD_OUT else ''}: {({**DOMAINS[d], 'size': domain_opts(d, sc)['size']} if 'size' in DOMAINS[d] else DOMAINS[d])}; accuracy {ms([i['accuracy'] for i in infos if i['domain']==d])} %" for d in cfg['domains']]
     L += ['', f"Runs whose model did not learn the task (validation accuracy < {MIN_ACC}) are left out of every line below: a map of a model that does not see the lesion says nothing about a box recipe. Left out: {', '.join(skipped) or 'none'}.",
           '', "## Chosen defaults", '', DEFAULTS, '',
-          f"Chosen: **{best}** (`fastcam.tune.default_recipe`). The best recipe of the whole table on the tuning domains is {winner}; its held-out line is below, for information only.", '',
+          (f"Chosen: **{best}** (`fastcam.tune.default_recipe`)." if cfg['scale']==1 else
+           f"At this scale the same rule picks **{best}**; fastcam's `default_recipe` (chosen at scale 1) is {dflt}{' (the same)' if dflt==best else ''}.") +
+          f" The best recipe of the whole table on the tuning domains is {winner}; its held-out line is below, for information only.", '',
           "## Tuning domains: every method x layers x tta at its best threshold (mean +- sd over domain x seed runs)", '', HEAD]
     tr_best = order.reset_index().assign(mk=lambda d: d.key.str.rsplit(' t=', n=1).str[0]).drop_duplicates('mk')
     for k in tr_best.key: L.append(summary_line(k, tr[tr.key==k]))
     L += ['', "## Per tuning domain: old defaults and chosen defaults", '', HEAD]
     for d in tune_doms:
-        for lab,k in (('old defaults', old), ('chosen defaults', best), ("table's best", winner)): L.append(summary_line(f"{d}: {lab} ({k})", tr[(tr.domain==d) & (tr.key==k)]))
+        for lab,k in (('old defaults', old), ('chosen defaults', best), *extra, ("table's best", winner)): L.append(summary_line(f"{d}: {lab} ({k})", tr[(tr.domain==d) & (tr.key==k)]))
     L += ['', f"## Held-out domain `{HELD_OUT}` (used in no choice)", '', HEAD,
           summary_line(f"old defaults ({old})", ho[ho.key==old]),
           summary_line(f"chosen defaults, no labels ({best})", ho[ho.key==best]),
+          *[summary_line(f"{lab}, no labels ({k})", ho[ho.key==k]) for lab,k in extra],
           summary_line(f"the tuning domains' best recipe, not chosen ({winner})", ho[ho.key==winner])]
     if tuned is not None:
         L.append(summary_line(f"tune step on {cfg['labelled']} labelled training files (choices: {', '.join(sorted(set(_key(tuned))))})", tuned))
@@ -175,8 +190,9 @@ def main():
     ap.add_argument('--out', default=None, help='markdown table (default: bench/results/localization.md; quick: stdout only)')
     ap.add_argument('--from-csv', default=None, help="report again from a full run's CSV (tune step redone on the cached models)")
     ap.add_argument('--jobs', type=int, default=2, help='processes, one (domain, seed) run each, one torch thread each')
+    ap.add_argument('--scale', type=float, default=1, help='images and model input this many times the size (1: 96 px input; 2: 192 px)')
     a = ap.parse_args()
-    cfg = QUICK if a.quick else FULL
+    cfg = {**(QUICK if a.quick else FULL), 'quick': a.quick, 'scale': a.scale}
     CACHE.mkdir(parents=True, exist_ok=True)
     t0,rows,tuned = time.time(),[],[]
     if a.from_csv:   # the report again from a run's CSV (the recipes measured), with the tune step redone on the cached models
@@ -184,7 +200,7 @@ def main():
         all_rows['layer'] = all_rows['layer'].map(json.loads)
         md,choice = report(all_rows, tuned_from_rows(all_rows, cfg), cfg, all_rows.drop_duplicates(['domain', 'seed']).to_dict('records'), float('nan'), a.jobs)
         return _write(a, md, choice, all_rows)
-    for d in cfg['domains']: domain_set(d, cfg['n'])          # the data first, once per domain
+    for d in cfg['domains']: domain_set(d, cfg['n'], cfg['scale'])          # the data first, once per domain
     jobs = [(d, s) for s in cfg['seeds'] for d in cfg['domains']]
     with ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context('spawn')) as ex:
         for (d,s),(r,t,info) in zip(jobs, ex.map(evaluate, *zip(*jobs), [cfg]*len(jobs))):
@@ -199,7 +215,7 @@ def main():
 
 def _write(a, md, choice, all_rows):
     print(md); print('chosen defaults:', choice)
-    out = a.out or (None if a.quick else str(Path(__file__).parent/'results'/'localization.md'))
+    out = a.out or (None if a.quick else str(Path(__file__).parent/'results'/('localization.md' if a.scale==1 else f'localization_x{a.scale:g}.md')))
     if out:
         Path(out).write_text(md)
         all_rows.assign(layer=all_rows.layer.map(json.dumps)).to_csv(Path(out).with_suffix('.csv'), index=False, float_format='%.4f')
