@@ -24,7 +24,7 @@ from .boxes import MIN_PROB
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
 from .boxes import check_threshold
 from .tune import run_recipe, tune_files, load_recipe, tune_metrics
-from .report import atomic_write, sync_disk, write_outputs, csv_safe
+from .report import atomic_write, sync_disk, write_outputs, csv_safe, record_json, load_record
 from .truth import Truth, evaluate_run, coco_results_list
 from .runs import (scan_inputs, lock_out, clean_temporaries, run_options, run_info, model_identity, save_run_info, resume_conflict,
                           check_options, die_with_launcher, launch_ranks, launcher_env)
@@ -131,7 +131,7 @@ def _record_path(out, f): return Path(out)/'records'/f"{_key(f)}.json"
 def _record(out, f):
     "The record of file `f` in `out`, or None"
     p = _record_path(out, f)
-    try: return json.loads(p.read_text()) if p.exists() else None
+    try: return load_record(p.read_text()) if p.exists() else None
     except ValueError: return None
 
 def _done(out, f, key=None):
@@ -263,7 +263,7 @@ def _write_jobs(jobs, out, dicom:dict=None):
             done.append(j)
         except Exception as e: _error(out, f, e)
     sync_disk(out)
-    for j in done: atomic_write(_record_path(out, j.read.file), json.dumps(j.rec), fsync=False)
+    for j in done: atomic_write(_record_path(out, j.read.file), record_json(j.rec), fsync=False)
 
 def _explain_chunk(learn, good, out, cfg) -> list:
     "The jobs of `good` explained as one batch, or one by one when the batch fails (a file that fails alone gets an error record)"
@@ -382,6 +382,9 @@ def _begin(out, learn, files, cfg, force, model, left_out, rank:int=0, world:int
     if cfg.get('confirm') and score_target(_learner_target(learn, cfg['target'])) is not None:
         raise CliError("fastcam run: --confirm weighs regions by a class's probability, but this learner explains a score ('increase': it was trained with a regression loss); leave --confirm out")
     _check_engine_opts(learn, files, cfg)
+    if cfg.get('_truth') is not None:
+        try: cfg['_truth'].check_files(files)
+        except ValueError as e: raise CliError(f"fastcam run: --truth {cfg['_truth'].path}: {e}") from None
     info = run_info(model, run_options(cfg), processes=world, recipe=cfg.get('_recipe'),   # the inputs left out are counted here, listed in errors.csv and skipped.csv
                     inputs=dict(found=len(files), unreadable=sum(o['error'] for o in left_out), skipped=sum(not o['error'] for o in left_out)))
     cfg['_key'] = info['key']
@@ -518,7 +521,7 @@ def _run_vocab(learn, recs) -> list:
 
 def _finish(out, files, learn, skipped, secs, world:int=1, info:dict=None, left_out=(), truth=None, sanity:list=None):
     "Write the outputs from the records of `files` and the inputs `left_out` (unreadable ones are errors, the rest go to skipped.csv), evaluated against `truth` when given; print the summary; the exit code"
-    recs = [json.loads(_record_path(out, f).read_text()) for f in files if _record_path(out, f).exists()]
+    recs = [load_record(_record_path(out, f).read_text()) for f in files if _record_path(out, f).exists()]
     recs += [dict(file=o['file'], error=f"{o['file']}: {o['reason']}") for o in left_out if o['error']]
     left = pd.DataFrame([dict(file=o['file'], reason=o['reason']) for o in left_out if not o['error']], columns=['file', 'reason'])
     atomic_write(Path(out)/'skipped.csv', csv_safe(left).to_csv(index=False))

@@ -644,14 +644,27 @@ class CamEvaluation(pd.DataFrame):
         return ctx
 
 # %% ../nbs/09_metrics.ipynb #c5c60c0a
-def _gt_for(gt, f):
-    "Ground truth of file `f` from `gt`, keyed by its path or any tail of it (as a CSV relative to a folder has them: 'images/case_001.dcm')"
-    if str(f) in gt: return gt[str(f)]
+def _gt_key(gt, f, stem:bool=False):
+    "The key of `gt` that names file `f`: its path or the longest tail of it (as a CSV relative to a folder has them: 'images/case_001.dcm'), with `stem` also its stem (SIIM's ImageId); None"
+    if str(f) in gt: return str(f)
     parts = Path(f).parts
     for n in range(len(parts)):
         k = '/'.join(parts[n:])
-        if k in gt: return gt[k]
-    return None
+        if k in gt: return k
+    return Path(f).stem if stem and Path(f).stem in gt else None
+
+def _one_item_per_key(items, keys):
+    "ValueError when one key of a truth names two different items (e.g. the stem 'case1' of a/case1.dcm and b/case1.dcm): both would get one file's truth"
+    seen = {}
+    for f,k in zip(items, keys):
+        if k is None: continue
+        if seen.setdefault(k, str(f))!=str(f):
+            raise ValueError(f"the ground truth's '{k}' names two items, {seen[k]} and {f}; key the truth by a longer path (e.g. the folder and file name) or give one of them")
+
+def _gt_for(gt, f):
+    "Ground truth of file `f` from `gt`, keyed by its path or any tail of it"
+    k = _gt_key(gt, f)
+    return None if k is None else gt[k]
 
 def _is_mask(g): return g is not None and torch.as_tensor(g).ndim==2 and torch.as_tensor(g).shape[-1]!=4
 

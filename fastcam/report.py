@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np, pandas as pd
 
 # %% auto #0
-__all__ = ['current_umask', 'atomic_write', 'sync_disk', 'atomic_savefig', 'read_records', 'boxes_table', 'errors_table',
-           'csv_safe', 'coco_results', 'report_html', 'write_outputs']
+__all__ = ['current_umask', 'atomic_write', 'sync_disk', 'atomic_savefig', 'record_json', 'load_record', 'read_records',
+           'boxes_table', 'errors_table', 'csv_safe', 'coco_results', 'report_html', 'write_outputs']
 
 # %% ../nbs/10_report.ipynb #14d20abc
 def current_umask() -> int:
@@ -74,9 +74,30 @@ def _stability(r):
     "The stability columns of record `r` (a run with --stability, see `fastcam.sanity.batch_stability`); none otherwise"
     return {k: r[k] for k in _stability_cols if k in r}
 
+_numbers = ('prob', 'pred_prob', 'score', 'iou', 'flip_corr', 'shift_corr')   # record fields that are numbers, NaN where there is none (a score target's probability)
+
+def _finite(o):
+    "`o` with every NaN or infinite float replaced by None (JSON's null), in dicts and lists"
+    if isinstance(o, float): return o if np.isfinite(o) else None
+    if isinstance(o, dict): return {k: _finite(v) for k,v in o.items()}
+    if isinstance(o, (list, tuple)): return [_finite(v) for v in o]
+    return o
+
+def record_json(rec:dict) -> str:
+    "Record `rec` as strict JSON: a number with no value (NaN, e.g. the probability of a score target) is null, which any JSON reader reads"
+    return json.dumps(_finite(rec), allow_nan=False)
+
+def load_record(text:str) -> dict:
+    "A record from its JSON: null numbers (see `_numbers`) back to NaN, at the top and in its boxes"
+    r = json.loads(text)
+    nan = lambda d: d.update({k: float('nan') for k in _numbers if k in d and d[k] is None})
+    nan(r)
+    for b in r.get('boxes') or []: nan(b)
+    return r
+
 def read_records(folder) -> list:
     "All records (dicts) in `folder`, sorted by file"
-    recs = [json.loads(p.read_text()) for p in Path(folder).glob('*.json')]
+    recs = [load_record(p.read_text()) for p in Path(folder).glob('*.json')]
     return sorted(recs, key=lambda r: r['file'])
 
 def boxes_table(records:list) -> pd.DataFrame:

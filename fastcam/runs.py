@@ -148,8 +148,8 @@ def describe_change(old:dict, new:dict) -> str:
 
 def save_run_info(out, info:dict):
     "Write `info` as `out/run.json` (this run) and `out/runs/KEY.json` (every key the folder has seen, to explain a later conflict)"
-    from fastcam.report import atomic_write
-    s = json.dumps(info, indent=1)
+    from fastcam.report import atomic_write, _finite
+    s = json.dumps(_finite(info), indent=1, allow_nan=False)   # strict JSON: a number with no value is null
     atomic_write(Path(out)/'runs'/f"{info['key']}.json", s, fsync=False)
     atomic_write(Path(out)/'run.json', s, fsync=False)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib, io, json, math
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from .metrics import read_boxes_csv, read_coco, rle_decode, mask_to_boxes, box_iou, _points_hit
+from .metrics import read_boxes_csv, read_coco, rle_decode, mask_to_boxes, box_iou, _points_hit, _gt_key, _one_item_per_key
 from .runs import file_sha256
 
 # %% auto #0
@@ -51,10 +51,11 @@ class Truth:
 
     def key(self, f):
         "The key of file `f` in the truth: its path, a tail of it, or its stem; None if absent"
-        parts = Path(f).parts
-        for k in [str(f), *('/'.join(parts[n:]) for n in range(len(parts))), Path(f).stem]:
-            if k in self.boxes_: return k
-        return None
+        return _gt_key(self.boxes_, f, stem=True)
+
+    def check_files(self, files):
+        "ValueError in one line when one key of the truth names two of `files` (a stem or file name that two folders share)"
+        _one_item_per_key(files, [self.key(f) for f in files])
 
     def boxes(self, f, size=None):
         "Int64 true boxes `[K, 4]` of file `f` (original pixels; `size` `(H, W)` decodes a run-length mask), or None when `f` is not in the truth"

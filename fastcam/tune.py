@@ -13,7 +13,7 @@ from torch import Tensor
 from fastcore.basics import patch
 from fastai.learner import Learner
 from .core import learner_cam, fuse_cams, trace_modules, auto_layer, find_layer, stage_ends, _is_spatial
-from .metrics import (as_boxes, box_iou, pointing_hits, max_box_acc_v2, read_boxes_csv, read_coco, read_rle_csv, mask_to_boxes, _gt_for, _is_mask)
+from .metrics import (as_boxes, box_iou, pointing_hits, max_box_acc_v2, read_boxes_csv, read_coco, read_rle_csv, mask_to_boxes, _gt_for, _gt_key, _one_item_per_key, _is_mask)
 
 # %% auto #0
 __all__ = ['default_recipe', 'tune_metrics', 'check_recipe', 'recipe_path', 'save_recipe', 'load_recipe', 'learner_recipe',
@@ -135,15 +135,16 @@ def _sizes_by_name(items) -> dict:
             res.update({str(f): hw, Path(f).name: hw, Path(f).stem: hw})
     return res
 
-def _truth_of(g, f):
-    "The truth of item `f` in `g`, keyed by its path, a tail of it, or its stem"
-    r = _gt_for(g, f)
-    return g.get(Path(f).stem) if r is None and isinstance(f, (str, Path)) else r
+def _truth_key(g, f):
+    "The key of `g` that names item `f`: its path, a tail of it, or its stem (SIIM's ImageId); None"
+    return _gt_key(g, f, stem=True) if isinstance(f, (str, Path)) else None
 
 def _gts_of(items, gt):
-    "Per item, its true boxes `[K, 4]` (none for an item `gt` does not name: a negative); raises when no item has any"
+    "Per item, its true boxes `[K, 4]` (none for an item `gt` does not name: a negative); raises when no item has any, or when one key names two items"
     g = read_truth(gt, _sizes_by_name(items) if not isinstance(gt, dict) else None)
-    gts = [_truth_of(g, f) for f in items]
+    keys = [_truth_key(g, f) for f in items]
+    _one_item_per_key(items, keys)
+    gts = [None if k is None else g[k] for k in keys]
     if all(b is None for b in gts): raise ValueError(f"none of the {len(items)} items is named in the ground truth (e.g. {str(items[0])!r}; the truth names {list(g)[:2]}); key it by path or file name")
     gts = [torch.zeros(0, 4, dtype=torch.long) if b is None else as_boxes(b) for b in gts]
     if not any(len(b) for b in gts): raise ValueError("the ground truth has no box for any of the items: tuning boxes needs at least one")

@@ -320,6 +320,10 @@ def test_fastcam_run_explains_a_regression_learner(image_folder, tmp_path):
     assert run(str(tmp_path/'reg.pkl'), *map(str, files[:3]), out=str(out), trust=True, device='cpu', save_maps=True, progress=False) == 0
     ref = learn.cam(files[:3], target='increase')
     for f, m in zip(files[:3], ref.maps): np.testing.assert_allclose(np.load(next((out/'maps').glob(f'{f.stem}_*.npy'))), m.numpy(), atol=1e-5)
+    def strict(p):   # what a strict JSON reader (JavaScript's JSON.parse, jq) accepts: no bare NaN
+        return json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"{p.name} holds a bare {c}, which strict JSON readers refuse"))
+    recs = [strict(p) for p in (out/'records').glob('*.json')] + [strict(out/'run.json')]
+    assert len(recs) == 4 and all(r['prob'] is None and all(b['prob'] is None for b in r['boxes']) for r in recs[:3])   # no probability: null
     b = pd.read_csv(out/'boxes.csv')
     assert (b['class'] == 'increase').all() and b.prob.isna().all() and (b.reason.fillna('') == '').all()   # no probability: no gate
     assert ((b.score > 0) & (b.score <= 1)).all()                                                          # the box's share of the map's mass

@@ -136,3 +136,16 @@ def test_a_bad_truth_file_is_one_line(setup, tmp_path, capsys):
     assert cli.main(['run', str(root/'model.pkl'), str(root/'in'/'images'), '--out', str(tmp_path/'o'), '--trust', '--truth', str(tmp_path/'gt.csv')]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"fastcam run: can't read --truth {tmp_path/'gt.csv'}: has no file column"), err
+
+def test_a_truth_key_naming_two_files_is_one_line(setup, tmp_path, capsys):
+    "Truth keyed by stem (SIIM's ImageId) with two inputs of that stem in two folders: refused before any file, naming both"
+    import shutil
+    root = setup
+    f = sorted((root/'in'/'images').glob('*.dcm'))[0]
+    for d in ('a', 'b'): (tmp_path/d).mkdir(); shutil.copy(f, tmp_path/d/f.name)
+    pd.DataFrame([dict(file=f.stem, x0=1, y0=1, x1=9, y1=9, label='nodule')]).to_csv(tmp_path/'gt.csv', index=False)
+    out = tmp_path/'o'
+    assert cli.main(['run', str(root/'model.pkl'), str(tmp_path/'a'), str(tmp_path/'b'), '--out', str(out), '--trust', '--truth', str(tmp_path/'gt.csv')]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fastcam run: --truth {tmp_path/'gt.csv'}: the ground truth's '{f.stem}' names two items"), err
+    assert not (out/'records').exists() or not list((out/'records').glob('*.json'))

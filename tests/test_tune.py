@@ -280,3 +280,13 @@ def test_oracle_box_acc_is_each_item_at_its_own_best_threshold(tmp_path):
                      thresholds=(0.5, 0.8), min_area=4, progress=False).set_index('threshold')
     assert t.box_acc.to_dict() == {0.5: 0.5, 0.8: 0.5}
     assert (t.oracle_box_acc == 1.0).all()
+
+def test_a_truth_key_that_names_two_items_is_refused(tmp_path):
+    "SIIM-style truth keyed by stem: a/case1.png and b/case1.png would both get case1's boxes; refused in one line naming both"
+    for d in ('a', 'b'):
+        (tmp_path/d).mkdir(); Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path/d/'case1.png')
+    items = [tmp_path/'a'/'case1.png', tmp_path/'b'/'case1.png']
+    with pytest.raises(ValueError, match=r"^the ground truth's 'case1' names two items, .*a/case1.png and .*b/case1.png; key the truth by a longer path"):
+        fastcam.tune._gts_of(items, {'case1': [[1, 1, 4, 4]]})
+    g = fastcam.tune._gts_of(items, {'a/case1.png': [[1, 1, 4, 4]], 'b/case1.png': [[2, 2, 6, 6]]})   # keyed by folder and name: each its own
+    assert [b.tolist() for b in g] == [[[1, 1, 4, 4]], [[2, 2, 6, 6]]]
