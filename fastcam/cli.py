@@ -411,6 +411,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         device:str=None, # 'cpu', 'cuda', 'cuda:1'; default: GPU LOCAL_RANK if there is one
         save_maps:store_true=False, # Also save the raw maps as .npy in maps/
         tta:store_true=False, # Average each map with its mirror image's (for a model trained with flips); also on when the box recipe says so
+        no_tta:store_true=False, # Don't average with the mirror image even when the box recipe says so (a model not trained with flips)
         recipe:str=None, # A box recipe JSON (`fastcam tune --out`) to use instead of the one beside LEARNER
         no_recipe:store_true=False, # Ignore the box recipe (the JSON beside LEARNER, `fastcam tune`'s, and the learner's own): box with fastcam's defaults (`default_recipe`) and the options given
         trust:store_true=False, # Load LEARNER although it is a pickle (it can run code: only for files you trust)
@@ -434,6 +435,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
     learner,inputs = (None,paths) if weights else (paths[0] if paths else None,paths[1:])
     if not inputs: raise CliError("fastcam run: no INPUT given: name files or folders to explain after LEARNER")
     if mode not in (None, 'threshold', 'peak'): raise CliError(f"fastcam run: --mode must be 'threshold' or 'peak', not '{mode}'")
+    if tta and no_tta: raise CliError("fastcam run: --tta and --no-tta contradict each other; give one")
     engine = _engine_opts(dict(tokens=_tokens(tokens), grid=_grid(grid), output=_target(output)))   # only those given: other runs' options stay as they were
     if confirm and 'output' in engine: raise CliError(f"fastcam run: --confirm scores regions with the model's first output; it does not take --output {output} (leave one of them out)")
     try:
@@ -452,7 +454,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         dev = _device(device)
         learn = load_for_run(learner, trust, arch, weights, vocab, size, dev)
         rec = _run_recipe(learner or weights, learn, recipe, no_recipe)
-        given = dict(layer=_layer(layer), method=method, mode=mode, threshold=threshold, min_area=min_area, topk=topk, tta=tta or None)
+        given = dict(layer=_layer(layer), method=method, mode=mode, threshold=threshold, min_area=min_area, topk=topk, tta=True if tta else False if no_tta else None)
         cfg = dict({k: rec[k] for k in ('layer', 'method', 'mode', 'threshold', 'min_area', 'topk', 'tta')}, **{k: v for k,v in given.items() if v is not None},
                    target=_target(target), bs=bs, min_prob=min_prob, confirm=confirm, save_maps=save_maps, stability=stability, **engine, **_truth_opts(truth),
                    **_recipe_opts(rec))

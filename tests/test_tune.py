@@ -1,5 +1,6 @@
 "The tune step against models and data with a known answer: a hand-made model whose one layer sees the lesion and whose other sees its mirror image."
 import json, os
+from pathlib import Path
 os.environ.setdefault('MPLBACKEND', 'Agg')
 import numpy as np, pandas as pd, pytest, torch
 from torch import nn
@@ -233,6 +234,17 @@ def test_fastcam_tune_then_run(squares, tmp_path, capsys):
     assert (info['recipe']['source'], info['options']['layer'], info['options']['threshold'], info['options']['recipe']) == ('mine.json', 'b', 0.5, 'mine.json')
     assert run(tmp_path/'run4', '--recipe', str(tmp_path/'mine.json'), '--no-recipe') == 2
     assert capsys.readouterr().err.strip() == 'fastcam run: --recipe and --no-recipe contradict each other; give one'
+    (tmp_path/'mirror.json').write_text(json.dumps(dict(layer='b', threshold=0.5, tta=True)))   # --no-tta switches off a recipe's mirroring alone
+    for opts,tta in (([], True), (['--no-tta'], False)):
+        out = tmp_path/f'mirror{len(opts)}'
+        assert run(out, '--recipe', str(tmp_path/'mirror.json'), '--save-maps', *opts) == 0
+        info = json.loads((out/'run.json').read_text())
+        assert (info['options']['tta'], info['options']['layer'], info['options']['threshold']) == (tta, 'b', 0.5)
+        ref = learn.cam(files, layer='b', target='pos', tta=tta)
+        for f,m in zip(files, ref.maps): np.testing.assert_allclose(np.load(next((out/'maps').glob(f'{Path(f).stem}_*.npy'))), m.numpy(), atol=1e-5)
+    assert not np.allclose(learn.cam(files, layer='b', target='pos', tta=True).maps, learn.cam(files, layer='b', target='pos', tta=False).maps)   # tta changes b's maps
+    assert run(tmp_path/'run5', '--tta', '--no-tta') == 2
+    assert capsys.readouterr().err.strip() == 'fastcam run: --tta and --no-tta contradict each other; give one'
 
 def test_fastcam_tune_errors(squares, tmp_path, capsys):
     "One line naming the problem: a missing truth, no labelled file among FILES, a bad metric"
