@@ -81,7 +81,7 @@ def layer_candidates(n:int) -> list:
 
 # %% ../nbs/13_tune.ipynb #619552d9
 def read_truth(gt, # a dict file -> boxes `[K, 4]` or mask `[H, W]`, or the path of a boxes CSV, a COCO JSON or a SIIM RLE CSV
-               sizes:dict=None) -> dict: # file -> `(H, W)`, for run-length masks (SIIM's: 1024x1024 when not given)
+               sizes=None) -> dict: # file -> `(H, W)`, for run-length masks (SIIM's: 1024x1024 when not given), or a function making that dict (called only for run-length masks)
     "Dict file -> int64 boxes `[K, 4]` in original pixels, from `gt` in any format `fastcam.metrics` reads"
     if isinstance(gt, dict): return {k: mask_to_boxes(v) if _is_mask(v) else as_boxes(v) for k,v in gt.items()}
     p = Path(gt)
@@ -90,6 +90,7 @@ def read_truth(gt, # a dict file -> boxes `[K, 4]` or mask `[H, W]`, or the path
     df = pd.read_csv(p, skipinitialspace=True)
     df.columns = [str(c).strip() for c in df.columns]
     if 'EncodedPixels' in df.columns:
+        sizes = sizes() if callable(sizes) else sizes
         shape = (lambda k: _gt_for(sizes, k) or (1024, 1024)) if sizes else (lambda k: (1024, 1024))
         masks = read_rle_csv(df, shape={k: shape(k) for k in df['ImageId']})
         return {k: mask_to_boxes(m) for k,m in masks.items()}
@@ -141,7 +142,7 @@ def _truth_key(g, f):
 
 def _gts_of(items, gt):
     "Per item, its true boxes `[K, 4]` (none for an item `gt` does not name: a negative); raises when no item has any, or when one key names two items"
-    g = read_truth(gt, _sizes_by_name(items) if not isinstance(gt, dict) else None)
+    g = read_truth(gt, (lambda: _sizes_by_name(items)) if not isinstance(gt, dict) else None)   # items are opened for their sizes only for run-length masks
     keys = [_truth_key(g, f) for f in items]
     _one_item_per_key(items, keys)
     gts = [None if k is None else g[k] for k in keys]

@@ -302,3 +302,12 @@ def test_a_truth_key_that_names_two_items_is_refused(tmp_path):
         fastcam.tune._gts_of(items, {'case1': [[1, 1, 4, 4]]})
     g = fastcam.tune._gts_of(items, {'a/case1.png': [[1, 1, 4, 4]], 'b/case1.png': [[2, 2, 6, 6]]})   # keyed by folder and name: each its own
     assert [b.tolist() for b in g] == [[[1, 1, 4, 4]], [[2, 2, 6, 6]]]
+
+def test_boxes_truth_does_not_open_the_items(tmp_path):
+    "A boxes CSV or COCO truth needs no image size: items are not opened (a file that is not there yet is no error); RLE masks need them"
+    pd.DataFrame([dict(file='gone.png', x0=1, y0=1, x1=5, y1=5)]).to_csv(tmp_path/'gt.csv', index=False)
+    g = fastcam.tune._gts_of([tmp_path/'gone.png', tmp_path/'other.png'], tmp_path/'gt.csv')
+    assert [b.tolist() for b in g] == [[[1, 1, 5, 5]], []]
+    pd.DataFrame(dict(ImageId=['gone'], EncodedPixels=['1 2'])).to_csv(tmp_path/'rle.csv', index=False)
+    from fastcam.items import ItemError
+    with pytest.raises(ItemError, match="gone.png: no such file"): fastcam.tune._gts_of([tmp_path/'gone.png'], tmp_path/'rle.csv')   # a mask's size comes from its image
