@@ -59,7 +59,7 @@ class GradCAMCallback(Callback):
         rs = [cam_result(self.method, g, probs, _vocab(self.learn)) for g in gs]
         r = fuse_cams(rs) if len(rs) > 1 else rs[0]   # several layers: their fused map
         if self.stability: r = with_stability(self.model, self.xb[0], r, _learner_target(self.learn, self.target), self.layer, self.method,
-                                              output=self.output, tokens=self.tokens, grid=self.grid)
+                                              own=True, output=self.output, tokens=self.tokens, grid=self.grid)
         if self.cpu: r = r.to('cpu')
         self.results.append(r)
         self.i += len(self.xb[0])

@@ -657,12 +657,15 @@ def _vocab(learn):
     return list(v) if v is not None else None
 
 # %% ../nbs/01_core.ipynb #25129b89
-def with_stability(model:nn.Module, xb:Tensor, r, target=None, layer=None, method='gradcam', **kwargs):
+def with_stability(model:nn.Module, xb:Tensor, r, target=None, layer=None, method='gradcam',
+                   own:bool=False, # `r` holds the items' own maps (no tta average): reuse them, so the check explains 2 copies of the batch, not 3
+                   **kwargs):
     "`r` (a `CamResult`, or `cam`'s dict of them per layer) of batch `xb` with `stability`: each item's flip and shift agreement (`fastcam.sanity.batch_stability`), of its first target's own map (never a tta average)"
-    from fastcam.sanity import batch_stability
+    from fastcam.sanity import batch_stability, _at_input
     several = isinstance(r, dict)
     first = r['fused'] if several else r
-    st = batch_stability(model, xb, score_target(target) or first.targets[:, :1].tolist(), layer, method, fused=not several, **kwargs)
+    mine = _at_input(first, xb.shape[-2:]) if own and not several else None
+    st = batch_stability(model, xb, score_target(target) or first.targets[:, :1].tolist(), layer, method, fused=not several, own=mine, **kwargs)
     return {k: v._with(stability=st[k]) for k,v in r.items()} if several else r._with(stability=st)
 
 def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, fused:bool=False, tta:bool=False,
@@ -672,7 +675,7 @@ def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:
     kw = dict(layer=layer, method=method, vocab=_vocab(learn), multi_label=_learner_multi_label(learn), fused=fused, tta=tta, **kwargs)
     def explain(xb, t):
         r = cam(learn.model, xb, target=t, **kw)
-        return with_stability(learn.model, xb, r, t, layer, method, **kwargs) if stability else r
+        return with_stability(learn.model, xb, r, t, layer, method, own=not tta, **kwargs) if stability else r
     if isinstance(x, Tensor) and x.ndim==4: return explain(x, target)
     from fastcam.items import check_items, learner_item, check_opens
     items = list(x) if isinstance(x, (list, tuple)) else [x]

@@ -206,10 +206,14 @@ def batch_stability(model:nn.Module, # the model; never changed
                     targets, # the class of each item's map, `[[c], ...]`, or a score function (see `cam`'s target)
                     layer=None, method:str='gradcam', shift:int=4, min_corr:float=0.5,
                     fused:bool=True, # several layers: their fused map's table; False: a dict of tables per layer and 'fused', as `cam` returns maps
+                    own:np.ndarray=None, # the items' own maps `[B, H, W]` as `saliency` makes them, when the caller has them already: only the mirrored and shifted copies are explained
                     **kwargs) -> pd.DataFrame: # passed to `cam` (tokens, grid, output, the method's own)
     "`stability`'s work on a preprocessed batch and resolved classes (`learn.cam(stability=True)` and `fastcam run --stability` call it on each batch): flip_corr, shift_corr, unstable per item"
     B = len(xb)
     if shift < 1 or 2*shift >= min(xb.shape[-2:]): raise ValueError(f"stability: shift={shift} pixels doesn't fit a {tuple(xb.shape[-2:])} input; give 1 <= shift < half its side")
+    if own is not None and (fused or not several_layers(layer)):   # the items' maps are known: explain their 2B copies only
+        x2,t2 = torch.cat([xb.flip(-1), _shift(xb, shift)]),targets*2 if isinstance(targets, list) else targets
+        return _agreement(np.concatenate([own, saliency(model, x2, layer, method, t2, **kwargs)]), B, shift, min_corr)
     x3,t3 = torch.cat([xb, xb.flip(-1), _shift(xb, shift)]),targets*3 if isinstance(targets, list) else targets
     if fused or not several_layers(layer): return _agreement(saliency(model, x3, layer, method, t3, **kwargs), B, shift, min_corr)
     return {k: _agreement(_at_input(r, xb.shape[-2:]), B, shift, min_corr) for k,r in cam(model, x3, layer=layer, target=t3, method=method, **kwargs).items()}
