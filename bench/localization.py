@@ -14,7 +14,7 @@ over the tuning domains at the default layer without tta (see DEFAULTS for why t
 `learn.tune_boxes` does) on `--labelled` labelled TRAINING files of the held-out domain and reports the chosen
 recipe on its validation files.
 
-`--scale 2` runs the same domains with images and model input twice the size (192-276 px images, 192 px input): the
+`--scale 2` runs the same domains with images and model input twice the size (images of about 180-275 px, 192 px input): the
 lesions then span several cells of the last-stage map instead of about one, which shows how the defaults and the
 box rule carry to another scale (results in bench/results/localization_x2.md).
 
