@@ -130,6 +130,11 @@ def ms(v, pct=True):
     k = 100 if pct else 1000
     return f"{k*v.mean():.0f} +- {k*v.std(ddof=0):.0f}" if pct else f"{k*v.mean():.1f} +- {k*v.std(ddof=0):.1f}"
 
+def _train_times(infos):
+    "', N epochs took A-B s per model' from the runs' `train_s` (a cached model keeps the time it took when it was trained)"
+    t = [i['train_s'] for i in infos if i.get('train_s') is not None]
+    return f", training took {min(t):.0f}-{max(t):.0f} s per model" if t else ''
+
 def summary_line(label, d):
     return f"| {label} | {len(d)} | " + ' | '.join(ms(d[m], m!='s_per_item') for m in METRICS) + ' |'
 
@@ -156,7 +161,7 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
     L = [f"# Localization across synthetic domains ({'quick' if cfg.get('quick') else 'full'} run{f', images and input x{sc:g}' if sc!=1 else ''})", '',
          f"`python bench/localization.py{' --quick' if cfg.get('quick') else ''}{f' --scale {sc:g}' if sc!=1 else ''}`: {len(cfg['domains'])} domains x {len(cfg['seeds'])} model seeds, "
          f"{cfg['n']} DICOMs per domain (30 % validation), small XResNet from scratch, {cfg['epochs']} epochs, {96*sc:g} px squish; " +
-         (f"{a_jobs} processes of one torch thread; {secs/60:.1f} min in all; models cached in bench/.cache/, 12 epochs took 3.5-7.5 min per model on the loaded 2-core machine." if secs==secs else "this report was made again from the run's CSV (`--from-csv`), the tune step redone on the cached models."), '',
+         (f"{a_jobs} processes of one torch thread; {secs/60:.1f} min in all; models cached in bench/.cache/" + _train_times(infos) + "." if secs==secs else "this report was made again from the run's CSV (`--from-csv`), the tune step redone on the cached models."), '',
          f"Domains (`make_dicom_set` options on top of size {domain_opts(tune_doms[0], sc)['size']}, contrast (0.15, 0.25)):", '']
     L += [f"- `{d}`{' (HELD OUT)' if d==HELD_OUT else ''}: {({**DOMAINS[d], 'size': domain_opts(d, sc)['size']} if 'size' in DOMAINS[d] else DOMAINS[d])}; accuracy {ms([i['accuracy'] for i in infos if i['domain']==d])} %" for d in cfg['domains']]
     L += ['', f"Runs whose model did not learn the task (validation accuracy < {MIN_ACC}) are left out of every line below: a map of a model that does not see the lesion says nothing about a box recipe. Left out: {', '.join(skipped) or 'none'}.",
@@ -194,7 +199,7 @@ def main():
     a = ap.parse_args()
     cfg = {**(QUICK if a.quick else FULL), 'quick': a.quick, 'scale': a.scale}
     CACHE.mkdir(parents=True, exist_ok=True)
-    t0,rows,tuned = time.time(),[],[]
+    t0,rows,tuned,infos = time.time(),[],[],[]
     if a.from_csv:   # the report again from a run's CSV (the recipes measured), with the tune step redone on the cached models
         all_rows = pd.read_csv(a.from_csv)
         all_rows['layer'] = all_rows['layer'].map(json.loads)
@@ -205,11 +210,11 @@ def main():
     with ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context('spawn')) as ex:
         for (d,s),(r,t,info) in zip(jobs, ex.map(evaluate, *zip(*jobs), [cfg]*len(jobs))):
             print(f"{d} seed {s}: validation accuracy {info['accuracy']:.2f}, trained in {info['train_s']:.0f} s, recipes measured in {info['eval_s']:.0f} s", flush=True)
-            rows.append(r)
+            rows.append(r); infos.append(info)
             if t is not None: tuned.append(t)
     tuned = pd.concat(tuned) if tuned else None
     all_rows = pd.concat(rows)
-    infos = all_rows.drop_duplicates(['domain', 'seed'])[['domain', 'seed', 'accuracy']].to_dict('records')
+    infos = [dict(domain=i['domain'], seed=i['seed'], accuracy=i['accuracy'], train_s=i['train_s']) for i in infos]
     md,choice = report(all_rows, tuned, cfg, infos, time.time()-t0, a.jobs)
     _write(a, md, choice, all_rows)
 
