@@ -211,9 +211,11 @@ def batch_stability(model:nn.Module, # the model; never changed
     "`stability`'s work on a preprocessed batch and resolved classes (`learn.cam(stability=True)` and `fastcam run --stability` call it on each batch): flip_corr, shift_corr, unstable per item"
     B = len(xb)
     if shift < 1 or 2*shift >= min(xb.shape[-2:]): raise ValueError(f"stability: shift={shift} pixels doesn't fit a {tuple(xb.shape[-2:])} input; give 1 <= shift < half its side")
-    if own is not None and (fused or not several_layers(layer)):   # the items' maps are known: explain their 2B copies only
-        x2,t2 = torch.cat([xb.flip(-1), _shift(xb, shift)]),targets*2 if isinstance(targets, list) else targets
-        return _agreement(np.concatenate([own, saliency(model, x2, layer, method, t2, **kwargs)]), B, shift, min_corr)
-    x3,t3 = torch.cat([xb, xb.flip(-1), _shift(xb, shift)]),targets*3 if isinstance(targets, list) else targets
-    if fused or not several_layers(layer): return _agreement(saliency(model, x3, layer, method, t3, **kwargs), B, shift, min_corr)
-    return {k: _agreement(_at_input(r, xb.shape[-2:]), B, shift, min_corr) for k,r in cam(model, x3, layer=layer, target=t3, method=method, **kwargs).items()}
+    one = fused or not several_layers(layer)   # one table (else one per layer, from `cam`'s dict)
+    known = own is not None and one            # the items' own maps are given: explain only their mirrored and shifted copies
+    xs = [xb.flip(-1), _shift(xb, shift)] if known else [xb, xb.flip(-1), _shift(xb, shift)]
+    x,t = torch.cat(xs),targets*len(xs) if isinstance(targets, list) else targets
+    if one:
+        m = saliency(model, x, layer, method, t, **kwargs)
+        return _agreement(np.concatenate([own, m]) if known else m, B, shift, min_corr)
+    return {k: _agreement(_at_input(r, xb.shape[-2:]), B, shift, min_corr) for k,r in cam(model, x, layer=layer, target=t, method=method, **kwargs).items()}
