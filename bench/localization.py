@@ -9,7 +9,7 @@ from scratch on the CPU (cached under bench/.cache/, an ignored folder), and eve
 target 'nodule': pointing, BoxAcc@0.5 of the top box, MaxBoxAccV2, COCO AP@0.5 (pycocotools), the box score's AUROC
 (hit vs miss) and seconds per item. Results are mean +- sd over (domain, seed) runs.
 
-Runs whose model did not learn the task (validation accuracy < 0.6) are left out of the table (the held-out domain also gets lines over all its runs). The held-out domain is used for nothing but its own lines: the defaults' threshold is the one with the best mean BoxAcc
+Runs whose model did not learn the task (validation accuracy < 0.6) are left out of the table (the held-out domain also gets lines over all its runs). The held-out domain is used for nothing but its own lines: the defaults' box mode and thresholds are the ones with the best mean BoxAcc
 over the tuning domains at the default layer without tta (see DEFAULTS for why those two are fixed); the "tuned" line runs the tune step (`recipe_table` + `sort_recipes`, what
 `learn.tune_boxes` does) on `--labelled` labelled TRAINING files of the held-out domain and reports the chosen
 recipe on its validation files.
@@ -43,14 +43,15 @@ DOMAINS = {   # name -> make_dicom_set options; the last one is held out
 }
 HELD_OUT = 'held_out'
 FULL = dict(n=600, epochs=12, seeds=(0, 1, 2), methods=('gradcam', 'layercam', 'hirescam'), tta=(False, True),
-            thresholds=(0.5, 0.6, 0.7, 0.8, 0.9), labelled=24, domains=tuple(DOMAINS), min_acc=0.6)
-QUICK = dict(n=64, epochs=2, seeds=(0,), methods=('gradcam', 'layercam'), tta=(False,), thresholds=(0.4, 0.7), labelled=8,
+            thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), grad_thresholds=(0.2, 0.3, 0.4), labelled=24, domains=tuple(DOMAINS), min_acc=0.6)
+QUICK = dict(n=64, epochs=2, seeds=(0,), methods=('gradcam', 'layercam'), tta=(False,), thresholds=(0.4, 0.7), grad_thresholds=(0.3,), labelled=8,
              domains=('large_soft', HELD_OUT), min_acc=0.)   # quick models learn nothing: all kept
 DEFAULTS = ("The defaults of `get_boxes`, `CamResult.boxes` (which keeps every region unless given `topk`), `learn.get_cams(with_boxes=True)` and `fastcam run` (`fastcam.tune.default_recipe`) "
             "keep two choices fixed before the table is read: the **layer** is the last stage (Grad-CAM's own, `layer=None`), because which layer boxes best "
             "is what moves most between domains (the table's best on the tuning domains fuses four stages and does worse on the held-out one); and **tta is off**, "
             "because averaging with the mirror image is only right for models trained with mirror images (many chest X-ray models are not; the benchmark's are, "
-            "so its tta lines are an upper bound). The **threshold** is the table's: the best mean BoxAcc@0.5 over the tuning domains at that layer without tta. "
+            "so its tta lines are an upper bound). The **box mode and its thresholds** are the table's: the best mean BoxAcc@0.5 over the tuning domains at that layer without tta, "
+            "among the map's own regions ('threshold') and regions narrowed by the model's input gradient ('gradient', `fastcam.refine`). "
             "The tune step (`learn.tune_boxes`, `fastcam tune`) chooses all of them on the user's own labelled files.")
 METRICS = ['pointing', 'box_acc', 'max_box_acc_v2', 'ap50', 'score_auroc', 's_per_item']
 
@@ -93,7 +94,7 @@ def evaluate(name, seed, cfg):
     path,df = domain_set(name, cfg['n'], cfg['scale'])
     gt,valid = gt_dict(path),[str(path/f) for f in df.file[df.is_valid]]
     learn,info = trained(name, path, df, seed, cfg['epochs'], int(96*cfg['scale']))
-    kw = dict(target='nodule', methods=cfg['methods'], tta=cfg['tta'], thresholds=cfg['thresholds'], progress=False)
+    kw = dict(target='nodule', methods=cfg['methods'], tta=cfg['tta'], thresholds=cfg['thresholds'], grad_thresholds=cfg['grad_thresholds'], progress=False)
     t0 = time.time()
     rows = recipe_table(learn, valid, gt, **kw).assign(domain=name, seed=seed, accuracy=info['accuracy'])
     tuned = tuned_row(learn, path, df, gt, rows, cfg) if name==HELD_OUT else None
@@ -101,7 +102,7 @@ def evaluate(name, seed, cfg):
 
 def tuned_row(learn, path, df, gt, rows, cfg):
     "The tune step on `cfg['labelled']` labelled TRAINING files (half with a lesion), judged by its choice's row of `rows` (the validation files)"
-    kw = dict(target='nodule', methods=cfg['methods'], tta=cfg['tta'], thresholds=cfg['thresholds'], progress=False)
+    kw = dict(target='nodule', methods=cfg['methods'], tta=cfg['tta'], thresholds=cfg['thresholds'], grad_thresholds=cfg['grad_thresholds'], progress=False)
     tr = df[~df.is_valid]
     few = list(tr[tr.label=='nodule'].file[:cfg['labelled']//2]) + list(tr[tr.label!='nodule'].file[:cfg['labelled']//2])
     pick = sort_recipes(recipe_table(learn, [str(path/f) for f in few], gt, **kw)).iloc[0]
@@ -118,7 +119,12 @@ def tuned_from_rows(all_rows, cfg):
         res.append(tuned_row(learn, path, df, gt_dict(path), rows, cfg))
     return pd.concat(res)
 
-def _key(df): return df['method'] + ' @ ' + df['layer'].map(str) + ' tta=' + df['tta'].map(str) + ' t=' + df['threshold'].map(lambda v: f'{v:.1f}')
+def _key(df):
+    "'method @ layer tta=False t=0.8', or '... gradient t=0.3 u=0.2' for a gradient-narrowed box (rows of runs from before the modes: 'threshold')"
+    mode = df['mode'] if 'mode' in df else pd.Series('threshold', index=df.index)
+    u = df['grad_threshold'] if 'grad_threshold' in df else pd.Series(np.nan, index=df.index)
+    box = [f' gradient t={t:.1f} u={v:.1f}' if m=='gradient' else f' t={t:.1f}' for m,t,v in zip(mode, df['threshold'], u)]
+    return df['method'] + ' @ ' + df['layer'].map(str) + ' tta=' + df['tta'].map(str) + pd.Series(box, index=df.index)
 
 def _row_of(table, r):
     "The row of `table` for the recipe of row `r`"
@@ -152,10 +158,12 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
     order = mean.sort_values(['box_acc', 'pointing', 'max_box_acc_v2'], ascending=False)
     winner = order.index[0]   # the table's best recipe over the tuning domains, every layer and tta
     fixed = tr[(tr.method=='gradcam') & (tr.layer.map(str)=='stage:-1') & (~tr.tta.astype(bool))]   # the defaults' layer and tta are fixed beforehand (see DEFAULTS)
-    best = fixed.groupby('key')[METRICS].mean().sort_values(['box_acc', 'pointing', 'max_box_acc_v2'], ascending=False).index[0]
+    fixed_order = fixed.groupby('key')[METRICS].mean().sort_values(['box_acc', 'pointing', 'max_box_acc_v2'], ascending=False).index
+    best = fixed_order[0]
+    other = next((k for k in fixed_order if (' gradient ' in k) != (' gradient ' in best)), None)   # the other box mode's best at the defaults' layer, for comparison
     old = _key(pd.DataFrame([dict(method='gradcam', layer='stage:-1', tta=False, threshold=0.7)])).iloc[0]
     dflt = _key(pd.DataFrame([dict(default_recipe, layer='stage:-1')])).iloc[0]   # fastcam's defaults as they are (chosen at scale 1)
-    extra = [] if dflt==best else [('fastcam default_recipe', dflt)]
+    extra = ([] if dflt==best else [('fastcam default_recipe', dflt)]) + ([] if other is None or other==dflt else [(f"best {'gradient' if ' gradient ' in other else 'threshold'} box, not chosen", other)])
     chosen = tr[tr.key==best].iloc[0]
     sc = cfg['scale']
     L = [f"# Localization across synthetic domains ({'quick' if cfg.get('quick') else 'full'} run{f', images and input x{sc:g}' if sc!=1 else ''})", '',
@@ -169,7 +177,7 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
           (f"Chosen: **{best}** (`fastcam.tune.default_recipe`)." if cfg['scale']==1 else
            f"At this scale the same rule picks **{best}**; fastcam's `default_recipe` (chosen at scale 1) is {dflt}{' (the same)' if dflt==best else ''}.") +
           f" The best recipe of the whole table on the tuning domains is {winner}; its held-out line is below, for information only.", '',
-          "## Tuning domains: every method x layers x tta at its best threshold (mean +- sd over domain x seed runs)", '', HEAD]
+          "## Tuning domains: every method x layers x tta x box mode at its best thresholds (mean +- sd over domain x seed runs)", '', HEAD]
     tr_best = order.reset_index().assign(mk=lambda d: d.key.str.rsplit(' t=', n=1).str[0]).drop_duplicates('mk')
     for k in tr_best.key: L.append(summary_line(k, tr[tr.key==k]))
     L += ['', "## Per tuning domain: old defaults and chosen defaults", '', HEAD]
@@ -187,7 +195,9 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
     if len(ho):
         hb = ho.groupby('key')[METRICS].mean().sort_values('box_acc', ascending=False).index[0]
         L.append(summary_line(f"oracle: best recipe on the held-out validation itself ({hb})", ho[ho.key==hb]))
-    return '\n'.join(L) + '\n', dict(method=chosen['method'], layer=chosen['layer'], tta=bool(chosen['tta']), threshold=float(chosen['threshold']))
+    mode = chosen.get('mode', 'threshold')
+    return '\n'.join(L) + '\n', dict(method=chosen['method'], layer=chosen['layer'], tta=bool(chosen['tta']), mode=mode, threshold=float(chosen['threshold']),
+                                     **({'grad_threshold': float(chosen['grad_threshold'])} if mode=='gradient' else {}))
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -18,15 +18,16 @@ from .synth import *
 from .metrics import *
 from .protocols import *
 from .confirm import *
+from .refine import *
 from .sanity import *
 from .overlay import *
 from .report import *
 from .tune import *
 from .dicom_out import *
-import fastcam.hooks, fastcam.core, fastcam.methods, fastcam.guided, fastcam.items, fastcam.boxes, fastcam.synth, fastcam.metrics, fastcam.protocols, fastcam.confirm, fastcam.sanity, fastcam.overlay, fastcam.show, fastcam.callback, fastcam.report, fastcam.tune, fastcam.dicom_out
+import fastcam.hooks, fastcam.core, fastcam.methods, fastcam.guided, fastcam.items, fastcam.boxes, fastcam.synth, fastcam.metrics, fastcam.protocols, fastcam.confirm, fastcam.refine, fastcam.sanity, fastcam.overlay, fastcam.show, fastcam.callback, fastcam.report, fastcam.tune, fastcam.dicom_out
 
 # %% ../nbs/99_all.ipynb #1e84afa6
-__all__ = [n for m in ('hooks', 'core', 'methods', 'guided', 'items', 'boxes', 'synth', 'metrics', 'protocols', 'confirm', 'sanity', 'overlay', 'show', 'callback', 'report', 'tune', 'dicom_out')
+__all__ = [n for m in ('hooks', 'core', 'methods', 'guided', 'items', 'boxes', 'synth', 'metrics', 'protocols', 'confirm', 'refine', 'sanity', 'overlay', 'show', 'callback', 'report', 'tune', 'dicom_out')
            for n in __import__(f'fastcam.{m}', fromlist=['__all__']).__all__]
 from .show import *
 from .callback import *

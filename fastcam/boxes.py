@@ -23,12 +23,12 @@ from fastai.vision.core import TensorBBox, LabeledBBox
 from fastai.vision.augment import (Resize, ResizeMethod, RandomResizedCrop, CropPad, RandomCrop, OldRandomCrop, RatioResize,
                                    AffineCoordTfm, RandomResizedCropGPU, SpaceTfm, RandomErasing)
 from .core import CamResult, normalize_maps, upsample_maps, with_param_docs
-from .tune import default_recipe   # the box defaults live in one place (fastcam.tune imports no boxes module at its top)
+from .tune import default_recipe, box_modes   # the box defaults live in one place (fastcam.tune imports no boxes module at its top)
 
 # %% auto #0
 __all__ = ['MIN_PROB', 'InputGeometry', 'input_geometry', 'maps_to_original', 'cell_to_original', 'peak_boxes', 'check_threshold',
-           'threshold_boxes', 'box_mass_share', 'box_evidence', 'boxes_frame', 'cam_boxes', 'result_boxes',
-           'result_original_maps', 'check_color', 'show_boxes']
+           'threshold_regions', 'region_box', 'threshold_boxes', 'box_mass_share', 'box_evidence', 'boxes_frame',
+           'cam_boxes', 'result_boxes', 'result_original_maps', 'check_color', 'show_boxes']
 
 # %% ../nbs/05_boxes.ipynb #3aad1493
 def _resize_window(w, h, sw, sh, method):
@@ -279,6 +279,31 @@ def check_threshold(threshold, name:str='threshold'):
     raise ValueError(f"{name}={threshold!r} is not a fraction of the map's maximum from 0 to 1" + (f"; for {threshold}% give {name}={threshold/100:g}" if pct else ''))
 
 # %% ../nbs/05_boxes.ipynb #c83adad9
+def threshold_regions(m, # One map `[H, W]` at original resolution (NaN where unseen)
+                      threshold:float=default_recipe['threshold'], # Fraction of the map's maximum a pixel must reach
+                      min_area:int=16, # Smallest component kept, in original pixels
+                      score:str='max', # Component score: 'max', 'mean' or 'mass' of the normalised map
+                      relu:bool=True) -> tuple: # ReLU before normalising
+    "`(regions, scores [n])`: the connected regions above `threshold` (skimage `regionprops`: `.coords`, `.bbox`, `.area`), best first (by score, then area)"
+    check_threshold(threshold)
+    if score not in ('max', 'mean', 'mass'): raise ValueError(f"unknown score '{score}': use 'max', 'mean' or 'mass'")
+    a = m.detach().double().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m, np.float64)
+    if relu: a = np.where(np.isnan(a), a, np.maximum(a, 0))
+    ok = np.isfinite(a)
+    if not ok.any(): return [],np.zeros(0, np.float32)
+    mn,mx = a[ok].min(),a[ok].max()
+    if not mx > mn: return [],np.zeros(0, np.float32)
+    n = np.where(ok, (a - mn)/(mx - mn), 0.)
+    lab = label(ok & (n >= threshold), connectivity=2)
+    regs = [r for r in regionprops(lab) if r.area >= min_area]
+    if not regs: return [],np.zeros(0, np.float32)
+    vals = [n[r.coords[:,0], r.coords[:,1]] for r in regs]
+    sc = np.array([v.max() if score=='max' else v.mean() if score=='mean' else v.sum() for v in vals])
+    order = np.lexsort((-np.array([r.area for r in regs]), -sc))
+    return [regs[k] for k in order],sc[order].astype(np.float32)
+
+def region_box(r) -> list: return [r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]]   # `(x0, y0, x1, y1)`, half-open, of a `regionprops` region
+
 def threshold_boxes(m, # One map `[H, W]` at original resolution (NaN where unseen)
                     threshold:float=default_recipe['threshold'], # Fraction of the map's maximum a pixel must reach
                     min_area:int=16, # Smallest component kept, in original pixels
@@ -286,23 +311,9 @@ def threshold_boxes(m, # One map `[H, W]` at original resolution (NaN where unse
                     score:str='max', # Component score: 'max', 'mean' or 'mass' of the normalised map
                     relu:bool=True): # ReLU before normalising
     "`(boxes [n,4], scores [n])`: one box `(x0, y0, x1, y1)` per connected region above `threshold`, best first"
-    check_threshold(threshold)
-    if score not in ('max', 'mean', 'mass'): raise ValueError(f"unknown score '{score}': use 'max', 'mean' or 'mass'")
-    a = m.detach().double().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m, np.float64)
-    if relu: a = np.where(np.isnan(a), a, np.maximum(a, 0))
-    ok = np.isfinite(a)
-    if not ok.any(): return _no_boxes()
-    mn,mx = a[ok].min(),a[ok].max()
-    if not mx > mn: return _no_boxes()
-    n = np.where(ok, (a - mn)/(mx - mn), 0.)
-    lab = label(ok & (n >= threshold), connectivity=2)
-    regs = [r for r in regionprops(lab) if r.area >= min_area]
+    regs,sc = threshold_regions(m, threshold, min_area, score, relu)
     if not regs: return _no_boxes()
-    vals = [n[r.coords[:,0], r.coords[:,1]] for r in regs]
-    sc = np.array([v.max() if score=='max' else v.mean() if score=='mean' else v.sum() for v in vals])
-    order = np.lexsort((-np.array([r.area for r in regs]), -sc))[:topk]
-    boxes = np.array([[r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]] for r in regs], np.int64)
-    return boxes[order],sc[order].astype(np.float32)
+    return np.array([region_box(r) for r in regs[:topk]], np.int64).reshape(-1, 4),sc[:topk]
 
 # %% ../nbs/05_boxes.ipynb #53bd6baa
 _box_cols = ['item', 'target', 'class', 'label', 'prob', 'x0', 'y0', 'x1', 'y1', 'score', 'reason']
@@ -344,20 +355,25 @@ def _no_box(b, t, c, name, p, reason): return (b, t, c, name, p, None, None, Non
 def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
               orig_sizes, # `(H, W)` of the original images: one for all, or one per item
               geometry=None, # Anything `input_geometry` takes (usually the `DataLoaders`)
-              mode:str=default_recipe['mode'], # 'threshold' (connected regions) or 'peak' (the highest cell)
-              threshold:float=default_recipe['threshold'], # For 'threshold': fraction of the maximum
+              mode:str=default_recipe['mode'], # 'threshold' (connected regions), 'peak' (the highest cell) or 'gradient' (each region narrowed by the input gradient, `fastcam.refine`)
+              threshold:float=default_recipe['threshold'], # For 'threshold' and 'gradient': fraction of the maximum
+              grad_threshold:float=default_recipe['grad_threshold'], # For 'gradient': fraction of the input gradient's maximum inside each region
               min_area:int=default_recipe['min_area'], # For 'threshold': smallest region in original pixels
               topk:int=None, # For 'threshold': best boxes kept per map (None: every region; a box recipe keeps its `topk`)
               score:str='max', # For 'threshold': how regions are ordered before `topk`: 'max', 'mean' or 'mass' of the normalised map
               relu:bool=True, # ReLU before normalising the maps
               fill:float=0., # Value of unseen original pixels
               original=None, # The maps already in original pixels, one `[T, H, W]` per item (`res.original_maps(i)`), not computed again
+              saliency=None, # For 'gradient': the input saliency already in original pixels, one `[T, H, W]` per item (`fastcam.refine.original_saliency`)
               min_prob:float=MIN_PROB, # No box for a target whose probability is below this (a 'below min_prob' row instead)
               confirm:bool=False, # Let the model choose among candidate regions and score them (`fastcam.confirm`)
               xb:Tensor=None, # With `confirm`: the input batch the maps were computed on
               model=None) -> pd.DataFrame: # With `confirm`: the classifier (default: `res.model`)
     "The boxes table of `res` in original pixels: item, target, class, label, prob, x0, y0, x1, y1, score, reason (one row per box or per target without one)"
-    if mode not in ('threshold', 'peak'): raise ValueError(f"unknown mode '{mode}': use 'threshold' or 'peak'")
+    if mode not in box_modes: raise ValueError(f"unknown mode '{mode}': use 'threshold', 'peak' or 'gradient'")
+    if mode=='gradient':
+        from fastcam.refine import check_gradient_mode, gradient_boxes, original_saliency
+        check_gradient_mode(res, grad_threshold)
     model = model if model is not None else res.model
     if confirm and len(res) and res.probs.isnan().all():
         raise ValueError(f"confirm=True weighs regions by the class's probability, but target '{res.target_names[0][0]}' is a score with no probability; leave confirm off (its boxes are scored by the map's evidence)")
@@ -373,7 +389,9 @@ def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
             if c < 0: continue
             p = float(res.probs[b,c])
             if p < min_prob: rows.append(_no_box(b, t, c, names[b][t], p, 'below min_prob')); continue   # NaN (a score target: no probability) is never below
-            bx,_ = peak_boxes(res.maps[b,t], hw, g, relu) if mode=='peak' else threshold_boxes(mo[t], threshold, min_area, None, score, relu=False)
+            if mode=='peak': bx,_ = peak_boxes(res.maps[b,t], hw, g, relu)
+            elif mode=='gradient': bx = gradient_boxes(mo[t], original_saliency(res.input_grad[b,t], hw, g) if saliency is None else saliency[b][t], threshold, grad_threshold, min_area, score)
+            else: bx,_ = threshold_boxes(mo[t], threshold, min_area, None, score, relu=False)
             ev = box_evidence(mo[t], bx, p)
             bx,ev = bx[:topk],ev[:topk]
             if confirm: jobs.append((len(rows), b, t, c, names[b][t], p, hw, mo[t], bx)); rows.append(None); continue

@@ -32,7 +32,8 @@ class GradCAMCallback(Callback):
                  during_fit:bool=False, # Also explain the validation set at the end of every epoch of `fit`
                  output=None, # Which output of a model returning several (a position or key); None: the first
                  tokens:int=None, grid:tuple=None, # How a transformer layer becomes a map (see `fastcam.tokens.map_layout`); None: found
-                 stability:bool=False): # Also measure each map's agreement under a flip and a shift (`CamResult.stability`); 3x the work of a batch more
+                 stability:bool=False, # Also measure each map's agreement under a flip and a shift (`CamResult.stability`); 3x the work of a batch more
+                 input_grad:bool=False): # Also keep d score / d input from the same backward (`CamResult.input_grad`), for the 'gradient' box mode
         store_attr()
         self.session,self.results,self.i,self.fitting,self.idxs = None,[],0,False,None
 
@@ -49,7 +50,10 @@ class GradCAMCallback(Callback):
         self._close(restore_grad=False)  # a session a raising batch left open where no after_fit came (get_preds(inner=True))
         if self.training or (self.fitting and not self.during_fit): return
         xb = self.xb[0]
-        self.session = CamSession(self.model, several_layers(self.layer) or [self.layer], needs_grad(self.method), xb, self.tokens, self.grid, self.output).__enter__()
+        if self.input_grad:   # the model's input becomes a leaf that records the forward (fastai's own batch is left as it was)
+            xb = xb.detach().requires_grad_()
+            self.learn.xb = (xb, *self.xb[1:])
+        self.session = CamSession(self.model, several_layers(self.layer) or [self.layer], needs_grad(self.method), xb, self.tokens, self.grid, self.output, self.input_grad).__enter__()
 
     def after_pred(self):
         if self.session is None: return
@@ -141,7 +145,7 @@ def get_cams(self:Learner, dl=None,
              **box_kwargs): # Passed to `CamResult.boxes` (mode, threshold, min_area, topk, orig_sizes, min_prob, confirm); a tuned learner's recipe gives those not passed
     "Maps of every item of `dl` (default: the validation set) through `get_preds` with a `GradCAMCallback`; with `with_boxes`, `(maps, boxes)`. As `learn.cam`, options left None are the learner's box recipe's (`fastcam.tune.recipe_args`), except `tta`: the callback explains the batches `get_preds` sees"
     r = recipe_args(self, layer=layer, method=method)
-    cb = GradCAMCallback(layer=r['layer'], target=target, method=r['method'], stability=stability)
+    cb = GradCAMCallback(layer=r['layer'], target=target, method=r['method'], stability=stability, input_grad='gradient' in (r['mode'], box_kwargs.get('mode')))
     self.get_preds(dl=dl, cbs=cb)
     res = cb.cams if r['source']=='default_recipe' else cb.cams._with(recipe=r)
     return (res, res.boxes(**{'dls': self.dls, **box_kwargs})) if with_boxes else res

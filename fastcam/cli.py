@@ -185,8 +185,8 @@ def work_maps(res) -> list:
     return [res.original_maps(i, orig_sizes=[_work_size(hw) for hw in res.orig_sizes]) for i in range(len(res))]
 
 def work_boxes(res, mode:str='threshold', min_area:int=16, **kwargs):
-    "`res.boxes(mode, ...)` with threshold boxes found on `work_maps` (pass them as `original`) and scaled back to original pixels"
-    if mode!='threshold': return res.boxes(mode=mode, **kwargs)
+    "`res.boxes(mode, ...)` with threshold (and gradient-narrowed) boxes found on `work_maps` (pass them as `original`) and scaled back to original pixels"
+    if mode=='peak': return res.boxes(mode=mode, **kwargs)
     work = [_work_size(hw) for hw in res.orig_sizes]
     small = min(h*w/(H*W) for (h,w),(H,W) in zip(work, res.orig_sizes))
     df = res.boxes(mode=mode, orig_sizes=work, min_area=max(1, round(min_area*small)), **kwargs)
@@ -221,10 +221,11 @@ _Job = namedtuple('_Job', 'read map title boxes raw rec vocab truth', defaults=(
 def _explain_batch(learn, batch, cfg) -> list:
     "Explain `batch` (`_Read`s) in one batch: a `_Job` per file with its map in original pixels (computed once, for its boxes and its overlay), boxes and record"
     res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True, tta=cfg['tta'],
-                      stability=bool(cfg.get('stability')), **_engine_opts(cfg)).to('cpu')   # boxes, overlays and records work on the CPU
+                      stability=bool(cfg.get('stability')), input_grad=cfg['mode']=='gradient', **_engine_opts(cfg)).to('cpu')   # boxes, overlays and records work on the CPU
     stable = _stability_fields(res)
     mos = work_maps(res)   # at most map_side pixels on the long side: bounded memory per file
-    kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk'], original=mos) if cfg['mode']=='threshold' else {}
+    kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk'], original=mos) if cfg['mode']!='peak' else {}
+    if cfg['mode']=='gradient': kw['grad_threshold'] = cfg['grad_threshold']
     if cfg.get('confirm'): kw.update(confirm=True, dls=learn.dls)
     boxes,reasons = [[] for _ in batch],['' for _ in batch]
     for r in work_boxes(res, mode=cfg['mode'], min_prob=cfg.get('min_prob', MIN_PROB), **kw).to_dict('records'):
@@ -402,8 +403,9 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         method:str=None, # CAM method: gradcam, gradcampp, xgradcam, hirescam, layercam, eigencam, scorecam, cam; default: the box recipe's (untuned: gradcam)
         target:str=None, # Class to explain: the predicted one (default), a class name or index; --target CLASS boxes that finding on the files where its probability reaches --min-prob; a learner trained with a regression loss explains 'increase' (default) or 'decrease' of its output
         bs:int=16, # Files per batch
-        mode:str=None, # Boxes: 'threshold' (connected regions) or 'peak' (the highest cell); default: the box recipe's (untuned: threshold)
-        threshold:float=None, # For 'threshold': fraction of the map's maximum; default: the box recipe's (untuned: 0.8, `default_recipe`)
+        mode:str=None, # Boxes: 'threshold' (connected regions), 'peak' (the highest cell) or 'gradient' (regions narrowed by the model's input gradient, fastcam.refine); default: the box recipe's (untuned: threshold)
+        threshold:float=None, # For 'threshold' and 'gradient': fraction of the map's maximum; default: the box recipe's (untuned: 0.8, `default_recipe`)
+        grad_threshold:float=None, # For 'gradient': fraction of the input gradient's maximum inside a region; default: the box recipe's (untuned: 0.3)
         min_area:int=None, # For 'threshold': smallest region in original pixels; default: the box recipe's (untuned: 16)
         topk:int=None, # Boxes kept per file; default: the box recipe's (untuned: 1)
         confirm:store_true=False, # Model-confirmed boxes: the model chooses among candidate regions and scores them (fastcam.confirm; a few forwards per file)
@@ -434,12 +436,13 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
     paths = list(paths)
     learner,inputs = (None,paths) if weights else (paths[0] if paths else None,paths[1:])
     if not inputs: raise CliError("fastcam run: no INPUT given: name files or folders to explain after LEARNER")
-    if mode not in (None, 'threshold', 'peak'): raise CliError(f"fastcam run: --mode must be 'threshold' or 'peak', not '{mode}'")
+    if mode not in (None, 'threshold', 'peak', 'gradient'): raise CliError(f"fastcam run: --mode must be 'threshold', 'peak' or 'gradient', not '{mode}'")
     if tta and no_tta: raise CliError("fastcam run: --tta and --no-tta contradict each other; give one")
     engine = _engine_opts(dict(tokens=_tokens(tokens), grid=_grid(grid), output=_target(output)))   # only those given: other runs' options stay as they were
     if confirm and 'output' in engine: raise CliError(f"fastcam run: --confirm scores regions with the model's first output; it does not take --output {output} (leave one of them out)")
     try:
         if threshold is not None: check_threshold(threshold, '--threshold')
+        if grad_threshold is not None: check_threshold(grad_threshold, '--grad-threshold')
     except ValueError as e: raise CliError(f"fastcam run: {e}") from None
     if num_processes>1 and 'WORLD_SIZE' not in os.environ:
         argv = [a for a in sys.argv[1:]]
@@ -458,6 +461,8 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         cfg = dict({k: rec[k] for k in ('layer', 'method', 'mode', 'threshold', 'min_area', 'topk', 'tta')}, **{k: v for k,v in given.items() if v is not None},
                    target=_target(target), bs=bs, min_prob=min_prob, confirm=confirm, save_maps=save_maps, stability=stability, **engine, **_truth_opts(truth),
                    **_recipe_opts(rec))
+        if cfg['mode']=='gradient': cfg['grad_threshold'] = rec['grad_threshold'] if grad_threshold is None else grad_threshold   # only gradient runs have the key: other runs keep theirs
+        elif grad_threshold is not None: raise CliError(f"fastcam run: --grad-threshold is for --mode gradient, but this run boxes with mode '{cfg['mode']}'")
         try: cfg['dicom'] = dicom_config(dicom_codes, learn.model) if dicom_out or dicom_codes else None
         except (ImportError, ValueError) as e: raise CliError(f"fastcam run: --dicom-out: {e}")
         info = _begin(out, learn, files, cfg, force, model_identity(learn, learner, weights, arch, size), left_out, rank, world)
@@ -621,7 +626,7 @@ def demo(out:str='demo_out', # Folder for the synthetic data, the model and the 
     return rc
 
 # %% ../nbs/11_cli.ipynb #fc4ec9c5
-tune_columns = ['method', 'layer', 'tta', 'threshold', 'box_acc', 'oracle_box_acc', 'pointing', 'max_box_acc_v2', 'ap50']   # what `fastcam tune` prints of the table
+tune_columns = ['method', 'layer', 'tta', 'mode', 'threshold', 'grad_threshold', 'box_acc', 'oracle_box_acc', 'pointing', 'max_box_acc_v2', 'ap50']   # what `fastcam tune` prints of the table
 
 @call_parse
 def tune(*paths:str, # LEARNER then the labelled INPUT files/folders (a few with the finding, some without)
@@ -630,7 +635,9 @@ def tune(*paths:str, # LEARNER then the labelled INPUT files/folders (a few with
          target:str=None, # Class to box: the predicted one (default), a class name or index (the finding's)
          methods:str='gradcam,layercam,hirescam', # CAM methods to try, comma-separated
          layers:str=None, # Layer choices to try, separated by '|', each as --layer of fastcam run ('0.6|0.5;0.6'); default: the network's stage ends, alone and fused (fastcam.tune.layer_candidates)
-         thresholds:str='0.3,0.4,0.5,0.6,0.7,0.8,0.9', # Box thresholds to try, comma-separated
+         thresholds:str='0.3,0.4,0.5,0.6,0.7,0.8,0.9', # Box thresholds to try, comma-separated (for 'gradient': the map's regions)
+         modes:str='threshold,gradient', # Box modes to try: threshold (the map's regions), gradient (regions narrowed by the input gradient)
+         grad_thresholds:str='0.2,0.3,0.4', # For 'gradient': fractions of the input gradient's maximum inside a region to try
          no_tta:store_true=False, # Don't try mirroring (for a model not trained with flips)
          metric:str='box_acc', # Choose by: box_acc (BoxAcc@0.5 of the top box), pointing, max_box_acc_v2 or ap50
          top:int=8, # Rows of the table to print
@@ -638,7 +645,7 @@ def tune(*paths:str, # LEARNER then the labelled INPUT files/folders (a few with
          device:str=None, # 'cpu', 'cuda', 'cuda:1'
          trust:store_true=False, # Load LEARNER although it is a pickle (it can run code: only for files you trust)
          progress:Annotated[bool, dict(help="Don't show a progress bar")]=True): # Show a progress bar
-    "Choose the box recipe (method, layers, mirroring, threshold) that boxes labelled files best, and save it beside LEARNER for fastcam run"
+    "Choose the box recipe (method, layers, mirroring, box mode and thresholds) that boxes labelled files best, and save it beside LEARNER for fastcam run"
     paths = list(paths)
     if len(paths) < 2: raise CliError("fastcam tune: give LEARNER, then the labelled files or folders")
     if not truth: raise CliError("fastcam tune: --truth is needed: a boxes CSV, a COCO JSON or a SIIM RLE CSV of the files' true boxes")
@@ -649,16 +656,23 @@ def tune(*paths:str, # LEARNER then the labelled INPUT files/folders (a few with
         thr = tuple(float(t) for t in thresholds.split(','))
         for v in thr: check_threshold(v, '--thresholds')
     except ValueError: raise CliError(f"fastcam tune: --thresholds '{thresholds}' must be fractions of the map's maximum from 0 to 1 separated by commas, like 0.4,0.6") from None
+    try:
+        gthr = tuple(float(t) for t in grad_thresholds.split(','))
+        for v in gthr: check_threshold(v, '--grad-thresholds')
+    except ValueError: raise CliError(f"fastcam tune: --grad-thresholds '{grad_thresholds}' must be fractions from 0 to 1 separated by commas, like 0.2,0.3") from None
+    mds = tuple(m.strip() for m in modes.split(','))
+    if not mds or any(m not in ('threshold', 'gradient') for m in mds): raise CliError(f"fastcam tune: --modes '{modes}': use threshold and/or gradient, separated by commas")
     files,_ = scan_inputs(paths[1:], image_exts)
     if not files: raise CliError(f"fastcam tune: no DICOM or image files found in {' '.join(paths[1:])}")
     learn = load_for_run(paths[0], trust, device=_device(device))
     try: table,(j,t) = tune_files(learn, paths[0], files, truth, out=out, target=_target(target), methods=tuple(m.strip() for m in methods.split(',')),
                                   layers=None if layers is None else [_layer(o.strip()) for o in layers.split('|')],
-                                  thresholds=thr, tta=(False,) if no_tta else (False, True), metric=metric, bs=bs, progress=progress)
+                                  thresholds=thr, modes=mds, grad_thresholds=gthr, tta=(False,) if no_tta else (False, True), metric=metric, bs=bs, progress=progress)
     except (ValueError, FileNotFoundError, KeyError) as e: raise CliError(f"fastcam tune: {' '.join(str(e).split())}") from None
     best = table.iloc[0]
-    print(table[tune_columns].head(top).to_string(index=False, float_format=lambda v: f'{v:.2f}'))
-    print(f"fastcam tune: chose {best['method']} at {best['layer']}{' with tta' if best['tta'] else ''}, threshold {best['threshold']:g} "
+    print(table[tune_columns].head(top).to_string(index=False, float_format=lambda v: f'{v:.2f}', na_rep='-'))
+    how = f"threshold {best['threshold']:g}" + (f", narrowed by the input gradient at {best['grad_threshold']:g}" if best['mode']=='gradient' else '')
+    print(f"fastcam tune: chose {best['method']} at {best['layer']}{' with tta' if best['tta'] else ''}, {how} "
           f"({metric} {best[metric]:.2f} on {int(best['n_boxes'])} of {len(files)} files with a true box); saved the recipe to {j} and the table ({len(table)} rows) to {t}")
     return 0
 

@@ -287,20 +287,22 @@ class CamResult:
                  geometry=None, # What made the model input from the items (e.g. the `DataLoaders`), for `fastcam.boxes`
                  model=None, # The model explained, for steps that ask it again (`boxes(confirm=True)`)
                  recipe=None, # The box recipe (`fastcam.tune`) of a tuned learner that made the maps, whose box options `boxes()` then uses
-                 stability=None): # Per item, the agreement of its map under a flip and a shift: a DataFrame flip_corr, shift_corr, unstable (`learn.cam(..., stability=True)`)
+                 stability=None, # Per item, the agreement of its map under a flip and a shift: a DataFrame flip_corr, shift_corr, unstable (`learn.cam(..., stability=True)`)
+                 input_grad=None): # Per item and target, d score / d input summed over the input's channels `[B,T,h,w]` at the model input's size, from the maps' own backward (`learn.cam(..., input_grad=True)`), for the 'gradient' box mode
         store_attr()
     def __len__(self): return len(self.maps)
     def _with(self, **kw):
         "A copy with some fields replaced"
-        d = {k: getattr(self, k) for k in ('maps','targets','probs','vocab','layer','method','input_size','items','orig_sizes','geometry','model','stability','recipe')}
+        d = {k: getattr(self, k) for k in ('maps','targets','probs','vocab','layer','method','input_size','items','orig_sizes','geometry','model','stability','recipe','input_grad')}
         return CamResult(**{**d, **kw})
     def to(self, device):
         "This result with its tensors on `device`"
-        return self._with(maps=self.maps.to(device), targets=self.targets.to(device), probs=self.probs.to(device))
+        ig = None if self.input_grad is None else self.input_grad.to(device)
+        return self._with(maps=self.maps.to(device), targets=self.targets.to(device), probs=self.probs.to(device), input_grad=ig)
     def boxes(self, mode:str=None, **kwargs):
         "Boxes in original pixels, one row per box (see `fastcam.boxes.result_boxes`); options not given are the box recipe's when a tuned learner made the maps, else `cam_boxes`' defaults"
         from fastcam.boxes import result_boxes
-        opts = {k: v for k,v in (self.recipe or {}).items() if k in ('mode', 'threshold', 'min_area', 'topk')}
+        opts = {k: v for k,v in (self.recipe or {}).items() if k in ('mode', 'threshold', 'grad_threshold', 'min_area', 'topk')}
         if mode is not None: opts['mode'] = mode
         return result_boxes(self, **{**opts, **kwargs})
     def original_maps(self, i:int, **kwargs):
@@ -323,7 +325,8 @@ class CamResult:
             i = i.cpu()
         pick = lambda o: None if o is None else [o[k] for k in range(len(o))[i]] if isinstance(i, slice) else [o[int(k)] for k in i]
         rows = None if self.stability is None else self.stability.iloc[range(len(self))[i] if isinstance(i, slice) else [int(k) for k in i]].reset_index(drop=True)
-        return self._with(maps=self.maps[i], targets=self.targets[i], probs=self.probs[i], items=pick(self.items), orig_sizes=pick(self.orig_sizes), stability=rows)
+        ig = None if self.input_grad is None else self.input_grad[i]
+        return self._with(maps=self.maps[i], targets=self.targets[i], probs=self.probs[i], items=pick(self.items), orig_sizes=pick(self.orig_sizes), stability=rows, input_grad=ig)
     @property
     def preds(self): return self.probs.argmax(1)
     @property
@@ -380,14 +383,16 @@ def cat(cls:CamResult, results:list):
     r0 = rs[0]
     join = lambda k: None if any(getattr(r, k) is None for r in rs) else [o for r in rs for o in getattr(r, k)]
     st = None if any(r.stability is None for r in rs) else pd.concat([r.stability for r in rs], ignore_index=True)
+    ig = None if any(r.input_grad is None for r in rs) else torch.cat([_pad(r.input_grad, 0.) for r in rs])
     return r0._with(maps=torch.cat([_pad(r.maps, 0.) for r in rs]), targets=torch.cat([_pad(r.targets, -1) for r in rs]),
-                    probs=torch.cat([r.probs for r in rs]), items=join('items'), orig_sizes=join('orig_sizes'), stability=st)
+                    probs=torch.cat([r.probs for r in rs]), items=join('items'), orig_sizes=join('orig_sizes'), stability=st, input_grad=ig)
 
 # %% ../nbs/01_core.ipynb #92cdcf4f
 class Gathered:
     "What one forward (and backward) gathered at a layer, for a method to turn into maps"
     def __init__(self, acts, grads, targets, out, kind, model=None, layer=None, xb=None,
-                 output=None): # Which output of `model` the targets score (see `pick_output`), for methods that run the model again
+                 output=None, # Which output of `model` the targets score (see `pick_output`), for methods that run the model again
+                 input_grad=None): # d score / d input summed over channels `[B,T,h,w]`, when the session was asked for it
         store_attr()
     def head_weights(self) -> Tensor:
         "Class weights `[n_classes, C]` of a GAP-then-linear head after the layer (BatchNorm1d folded in)"
@@ -498,8 +503,9 @@ class CamSession:
     def __init__(self, model:nn.Module, layers:list, need_grad:bool=True, xb:Tensor=None,
                  tokens:int=None, # Prefix tokens of a token layer (see `fastcam.tokens.map_layout`); None: found from the shapes
                  grid:tuple=None, # `(h, w)` of a token or channels-last layer; None: found from the shapes
-                 output=None): # Which output of a model with several (a position or key, see `pick_output`); None: the first
-        self.model,self.need_grad,self.handles,self.xb,self.tokens,self.grid,self.output = model,need_grad,[],xb,tokens,grid,output
+                 output=None, # Which output of a model with several (a position or key, see `pick_output`); None: the first
+                 input_grad:bool=False): # Also the gradient w.r.t. the input `xb` (which must require grad), from the same backward: grad mode on from the input
+        self.model,self.need_grad,self.handles,self.xb,self.tokens,self.grid,self.output,self.input_grad = model,need_grad,[],xb,tokens,grid,output,input_grad
         self.found = [find_layer(model, l, xb) for l in layers]
         self.hooks = [_ActHook(n, need_grad) for n,_ in self.found]
 
@@ -508,7 +514,7 @@ class CamSession:
         self.stack.enter_context(eval_mode(self.model))
         self.stack.callback(self.remove_hooks)
         self.handles = [m.register_forward_hook(h) for (_,m),h in zip(self.found, self.hooks)]
-        torch.set_grad_enabled(False)
+        torch.set_grad_enabled(self.input_grad)
         return self
 
     def remove_hooks(self):
@@ -535,10 +541,18 @@ def gather(self:CamSession, out:Tensor, target=None, vocab=None, multi_label:boo
     xb = self.xb if xb is None else xb
     lays = [self.layout(h, xb) for h in hooks]
     kind,probs,targets = _probs_targets(out, target, vocab, multi_label, mirrored, targets)
-    grads = _grads(out, targets, kind, [h.acts for h in hooks]) if self.need_grad else [None]*len(hooks)
+    wrt = ([h.acts for h in hooks] if self.need_grad else []) + ([_needs_input_grad(xb)] if self.input_grad else [])
+    grads = _grads(out, targets, kind, wrt) if wrt else []
+    ig = grads.pop().sum(2).detach() if self.input_grad else None
+    grads = grads if self.need_grad else [None]*len(hooks)
     out = out.detach()
-    return probs,[Gathered(l(h.acts.detach()), None if g is None else l(g, lead=2), targets, out, kind, self.model, h.name, xb, self.output)
+    return probs,[Gathered(l(h.acts.detach()), None if g is None else l(g, lead=2), targets, out, kind, self.model, h.name, xb, self.output, ig)
                   for h,g,l in zip(hooks, grads, lays)]
+
+def _needs_input_grad(xb):
+    "`xb`, after checking that the forward recorded it (a floating tensor that requires grad)"
+    if xb is None or not xb.requires_grad: raise ValueError("input_grad=True: the input batch must require grad before the forward (pass xb.requires_grad_() as the session's and the model's input)")
+    return xb
 
 # %% ../nbs/01_core.ipynb #95618e6b
 def _check_acts(h):
@@ -580,10 +594,14 @@ def _grads(out, targets, kind, acts, retain_graph:bool=False):
 def gather(model:nn.Module, xb:Tensor, layers:list, target=None, vocab=None, multi_label:bool=False, need_grad:bool=True,
            mirrored:bool=False, # The batch's second half mirrors its first (see `CamSession.gather`)
            tokens:int=None, grid:tuple=None, # How a token or channels-last layer becomes a map (see `CamSession`)
-           output=None): # Which output of a model with several (see `pick_output`)
+           output=None, # Which output of a model with several (see `pick_output`)
+           input_grad:bool=False): # Also d score / d input from the same backward (`Gathered.input_grad`)
     "`(probs, [Gathered per layer])` from one forward (and one backward per target slot) of `xb`"
     xb = _to_model(model, _as_batch(xb))
-    with CamSession(model, layers, need_grad, xb, tokens, grid, output) as s:
+    if input_grad:
+        if not xb.is_floating_point(): raise ValueError(f"input_grad=True needs a floating-point input, not {xb.dtype}: give the model's normalised float batch")
+        xb = xb.detach().requires_grad_()
+    with CamSession(model, layers, need_grad, xb, tokens, grid, output, input_grad) as s:
         return s.gather(_forward(model, xb), target, vocab, multi_label, xb, mirrored)
 
 # %% ../nbs/01_core.ipynb #d4e87d5d
@@ -600,7 +618,7 @@ def cam_result(method, g:Gathered, probs:Tensor, vocab=None, **kwargs) -> CamRes
     fn = _method(method)
     maps = fn(g, **kwargs).float() * (g.targets>=0)[...,None,None]
     if isinstance(g.kind, ScoreTarget): vocab = [g.kind.name]
-    return CamResult(maps.detach(), g.targets, probs, vocab, g.layer, getattr(fn, 'name', str(method)), tuple(g.xb.shape[-2:]))
+    return CamResult(maps.detach(), g.targets, probs, vocab, g.layer, getattr(fn, 'name', str(method)), tuple(g.xb.shape[-2:]), input_grad=g.input_grad)
 
 # %% ../nbs/01_core.ipynb #126f054d
 def several_layers(layer):
@@ -616,9 +634,10 @@ def fuse_cams(results:list) -> CamResult:
 
 # %% ../nbs/01_core.ipynb #9a106cc8
 def unmirror(r:CamResult) -> CamResult:
-    "The result of a batch whose second half mirrors its first: per item of the first half, the mean of its normalised map and its mirror's, mirrored back"
+    "The result of a batch whose second half mirrors its first: per item of the first half, the mean of its normalised map and its mirror's, mirrored back (and of its input gradient and its mirror's)"
     B = len(r)//2
-    return r._with(maps=(normalize_maps(r.maps[:B]) + normalize_maps(r.maps[B:].flip(-1)))/2, targets=r.targets[:B], probs=r.probs[:B])
+    ig = None if r.input_grad is None else (r.input_grad[:B] + r.input_grad[B:].flip(-1))/2
+    return r._with(maps=(normalize_maps(r.maps[:B]) + normalize_maps(r.maps[B:].flip(-1)))/2, targets=r.targets[:B], probs=r.probs[:B], input_grad=ig)
 
 # %% ../nbs/01_core.ipynb #1a329bc9
 def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', vocab=None, multi_label:bool=False,
@@ -627,12 +646,13 @@ def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', v
         tokens:int=None, # Prefix tokens of a transformer layer's output (see `fastcam.tokens.map_layout`); None: found from the shapes
         grid:tuple=None, # `(h, w)` of a token or channels-last layer's map; None: found from the shapes
         output=None, # Which output of a model returning several (a position or key); None: the first
+        input_grad:bool=False, # Also keep d score / d input from the same backward (`CamResult.input_grad`), for the 'gradient' box mode
         **kwargs):
     "Class activation maps of `target` (a class, several, or a score function, see `ScoreTarget`) for the batch `xb` at `layer` (or several layers) of `model`, in one forward pass"
     layers = several_layers(layer)
     xb = _as_batch(xb)
     if tta: xb = torch.cat([xb, xb.flip(-1)])
-    probs,gs = gather(model, xb, layers or [layer], target, vocab, multi_label, needs_grad(method), mirrored=tta, tokens=tokens, grid=grid, output=output)
+    probs,gs = gather(model, xb, layers or [layer], target, vocab, multi_label, needs_grad(method), mirrored=tta, tokens=tokens, grid=grid, output=output, input_grad=input_grad)
     res = [cam_result(method, g, probs, vocab, **kwargs)._with(model=model) for g in gs]
     if tta: res = [unmirror(r) for r in res]
     if not layers: return res[0]
@@ -669,12 +689,12 @@ def with_stability(model:nn.Module, xb:Tensor, r, target=None, layer=None, metho
     return {k: v._with(stability=st[k]) for k,v in r.items()} if several else r._with(stability=st)
 
 def learner_cam(learn:Learner, x, layer=None, target=None, method='gradcam', bs:int=None, dls=None, fused:bool=False, tta:bool=False,
-                stability:bool=False, **kwargs):
+                stability:bool=False, input_grad:bool=False, **kwargs):
     "Maps for a preprocessed batch `x`, or for items (paths, images) sent through `(dls or learn.dls).test_dl`"
     target = _learner_target(learn, target)
     kw = dict(layer=layer, method=method, vocab=_vocab(learn), multi_label=_learner_multi_label(learn), fused=fused, tta=tta, **kwargs)
     def explain(xb, t):
-        r = cam(learn.model, xb, target=t, **kw)
+        r = cam(learn.model, xb, target=t, input_grad=input_grad, **kw)
         return with_stability(learn.model, xb, r, t, layer, method, own=not tta, **kwargs) if stability else r
     if isinstance(x, Tensor) and x.ndim==4: return explain(x, target)
     from fastcam.items import check_items, learner_item, check_opens
@@ -720,11 +740,13 @@ def cam(self:Learner, x, # Items (paths, PIL images, arrays, `[C,H,W]` tensors) 
         fused:bool=False, # With several layers: only their fused `CamResult` instead of a dict per layer (always, for the recipe's layers)
         tta:bool=None, # Also explain each item's mirror image and average the two maps (for a model trained with flips); None: the box recipe's (False untuned)
         stability:bool=False, # Also measure each map's agreement under a mirror image and a 4-pixel shift: `res.stability` (flip_corr, shift_corr, unstable below 0.5), columns of `res.boxes()`, marked by `res.show()`; 3x the work
+        input_grad:bool=None, # Also keep d score / d input from the maps' own backward (`res.input_grad`), which the 'gradient' box mode refines boxes with; None: on when the box recipe's mode is 'gradient'
         **kwargs): # Passed to the method
     "A `CamResult` of class activation maps for items sent through `(dls or self.dls).test_dl`, or for a preprocessed batch. `layer`, `method` and `tta` left None are the learner's box recipe's (`fastcam.tune.recipe_args`: the caller's argument > the recipe tuned or loaded > `default_recipe`); a tuned learner's result carries its recipe, so `res.boxes()` boxes with it"
     from fastcam.tune import recipe_args
     r = recipe_args(self, layer=layer, method=method, tta=tta)
-    res = learner_cam(self, x, r['layer'], target, r['method'], bs, dls, fused or (layer is None and several_layers(r['layer']) is not None), r['tta'], stability, **kwargs)
+    ig = r['mode']=='gradient' if input_grad is None else input_grad
+    res = learner_cam(self, x, r['layer'], target, r['method'], bs, dls, fused or (layer is None and several_layers(r['layer']) is not None), r['tta'], stability, ig, **kwargs)
     if r['source']=='default_recipe': return res
     return res._with(recipe=r) if isinstance(res, CamResult) else {k: v._with(recipe=r) for k,v in res.items()}
 

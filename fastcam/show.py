@@ -210,10 +210,11 @@ def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
               show_maps:bool=False, # Draw the maps at layer resolution
               show_img:bool=True, # Draw the boxes on the image at its original resolution
               color='red', # One color, a list (one per box) or a dict per class name
-              mode:str=None, # 'threshold' (connected regions) or 'peak' (the highest cell); None: the box recipe's
+              mode:str=None, # 'threshold' (connected regions), 'peak' (the highest cell) or 'gradient' (regions narrowed by the input gradient, `fastcam.refine`); None: the box recipe's
               target=None, # Which classes: None (predicted), 'all', an int or a class name
               method=None, # A method name from `fastcam.methods.methods`; None: the box recipe's
-              threshold:float=None, # For 'threshold': fraction of the map's maximum; None: the box recipe's
+              threshold:float=None, # For 'threshold' and 'gradient': fraction of the map's maximum; None: the box recipe's
+              grad_threshold:float=None, # For 'gradient': fraction of the input gradient's maximum inside a region; None: the box recipe's
               min_area:int=None, # For 'threshold': smallest region, in original pixels; None: the box recipe's
               topk:int=None, # Best boxes kept per map; None: the box recipe's (1 in `default_recipe`)
               min_prob:float=MIN_PROB, # No box for a class whose probability is below this (the table says 'below min_prob')
@@ -223,12 +224,13 @@ def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
               stability:bool=False, # Also measure the map's agreement under a flip and a shift: flip_corr, shift_corr, unstable columns in `df`
               lw:float=2, figsize=None, ctx=None) -> LabeledBBox:
     "Boxes of `item`'s maps in its original pixels, as a `LabeledBBox` carrying the table `df`; optionally drawn. Each option left None is the learner's box recipe's (`fastcam.tune.recipe_args`: the argument given > the recipe tuned or loaded > `default_recipe`)"
-    r = recipe_args(learn, layer=layer, method=method, tta=tta, mode=mode, threshold=threshold, min_area=min_area, topk=topk)
-    layer,method,tta,mode,threshold,min_area,topk = (r[k] for k in ('layer', 'method', 'tta', 'mode', 'threshold', 'min_area', 'topk'))
-    check_color(color); check_threshold(threshold)   # before the model runs
-    res = explain_item(item, dls, learn, layer, target, method, tta=tta, stability=stability)
+    r = recipe_args(learn, layer=layer, method=method, tta=tta, mode=mode, threshold=threshold, grad_threshold=grad_threshold, min_area=min_area, topk=topk)
+    layer,method,tta,mode,threshold,grad_threshold,min_area,topk = (r[k] for k in ('layer', 'method', 'tta', 'mode', 'threshold', 'grad_threshold', 'min_area', 'topk'))
+    check_color(color); check_threshold(threshold); check_threshold(grad_threshold, 'grad_threshold')   # before the model runs
+    res = explain_item(item, dls, learn, layer, target, method, tta=tta, stability=stability, input_grad=mode=='gradient')
     if sanity: _sanity(res)
-    kw = dict(threshold=threshold, min_area=min_area, topk=topk) if mode=='threshold' else {}
+    kw = dict(threshold=threshold, min_area=min_area, topk=topk) if mode!='peak' else {}
+    if mode=='gradient': kw['grad_threshold'] = grad_threshold
     if confirm and isinstance(item, Tensor): kw['xb'] = item if item.ndim==4 else item[None]   # a preprocessed input is its own batch
     df = res.boxes(mode=mode, min_prob=min_prob, confirm=confirm, dls=dls, **kw)
     H,W = res.orig_sizes[0]

@@ -16,13 +16,14 @@ from .core import learner_cam, fuse_cams, trace_modules, auto_layer, find_layer,
 from .metrics import (as_boxes, box_iou, pointing_hits, max_box_acc_v2, read_boxes_csv, read_coco, read_rle_csv, mask_to_boxes, _gt_for, _gt_key, _one_item_per_key, _is_mask)
 
 # %% auto #0
-__all__ = ['default_recipe', 'tune_metrics', 'check_recipe', 'recipe_path', 'save_recipe', 'load_recipe', 'learner_recipe',
-           'recipe_args', 'layer_candidates', 'read_truth', 'coco_ap50', 'recipe_table', 'sort_recipes', 'table_recipe',
-           'tune_files', 'run_recipe']
+__all__ = ['default_recipe', 'box_modes', 'tune_metrics', 'check_recipe', 'recipe_path', 'save_recipe', 'load_recipe',
+           'learner_recipe', 'recipe_args', 'layer_candidates', 'read_truth', 'coco_ap50', 'recipe_table',
+           'sort_recipes', 'table_recipe', 'tune_files', 'run_recipe']
 
 # %% ../nbs/13_tune.ipynb #25b6c37d
-default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=0.8, min_area=16, topk=1)   # threshold: bench/results/localization.md (small CNNs, 96 px)
+default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=0.8, grad_threshold=0.3, min_area=16, topk=1)   # threshold: bench/results/localization.md (small CNNs, 96 px)
 _recipe_keys = tuple(default_recipe)
+box_modes = ('threshold', 'peak', 'gradient')   # how a map becomes boxes: `fastcam.boxes.cam_boxes`
 
 def check_recipe(r:dict) -> dict:
     "`r` completed with the defaults, after checking its keys and values; raises a one-line error naming the bad one"
@@ -30,8 +31,9 @@ def check_recipe(r:dict) -> dict:
     bad = [k for k in r if k not in _recipe_keys and k not in ('metric', 'scores', 'n_items', 'n_boxes', 'source')]
     if bad: raise ValueError(f"unknown box recipe key(s) {bad}: use {', '.join(_recipe_keys)}")
     r = {**default_recipe, **r}
-    if r['mode'] not in ('threshold', 'peak'): raise ValueError(f"box recipe mode '{r['mode']}': use 'threshold' or 'peak'")
-    if not 0 <= float(r['threshold']) <= 1: raise ValueError(f"box recipe threshold {r['threshold']} is outside 0..1")
+    if r['mode'] not in box_modes: raise ValueError(f"box recipe mode '{r['mode']}': use {', '.join(map(repr, box_modes))}")
+    for k in ('threshold', 'grad_threshold'):
+        if not 0 <= float(r[k]) <= 1: raise ValueError(f"box recipe {k} {r[k]} is outside 0..1")
     return r
 
 # %% ../nbs/13_tune.ipynb #19428bec
@@ -169,23 +171,32 @@ def _first_boxes(df, n):
     return res
 
 # %% ../nbs/13_tune.ipynb #f68c572c
-def _measure(r, gts, thresholds, min_area, tolerance, secs):
-    "Rows of metrics of one `CamResult` `r` (one layer choice) at each threshold"
+def _settings(modes, thresholds, grad_thresholds) -> list:
+    "`(mode, threshold, grad_threshold)` of each box setting of the grid (grad_threshold NaN for 'threshold')"
+    bad = [m for m in modes if m not in ('threshold', 'gradient')]
+    if bad or not modes: raise ValueError(f"box modes {list(modes)}: tune_boxes tries 'threshold' and/or 'gradient'")
+    return ([('threshold', float(t), float('nan')) for t in thresholds] if 'threshold' in modes else []) + \
+           ([('gradient', float(t), float(u)) for t in thresholds for u in grad_thresholds] if 'gradient' in modes else [])
+
+def _measure(r, gts, settings, min_area, tolerance, secs):
+    "Rows of metrics of one `CamResult` `r` (one layer choice) at each box setting `(mode, threshold, grad_threshold)` (`_settings`)"
     n,pos = len(r),[i for i,g in enumerate(gts) if len(g)]
     mos = [r.original_maps(i, fill=float('nan')) for i in range(n)]
     tol = [_tolerance(tolerance, r.orig_sizes[i]) for i in pos]
     pt = float(np.mean([pointing_hits([mos[i][0]], [gts[i]], t)[0].item() for i,t in zip(pos, tol)]))
     v2 = max_box_acc_v2([mos[i][0] for i in pos], [gts[i] for i in pos], thresholds=0.05)/100
-    rows,any_hit = [],np.zeros(n, bool)
-    for thr in thresholds:
+    rows,any_hit,sal = [],np.zeros(n, bool),None
+    for mode,thr,u in settings:
         t0 = time.perf_counter()
-        tops = _first_boxes(r.boxes(mode='threshold', threshold=float(thr), min_area=min_area, topk=1, min_prob=0., original=[torch.nan_to_num(m) for m in mos]), n)
+        if mode=='gradient' and sal is None: sal = _saliencies(r)
+        kw = dict(grad_threshold=u, saliency=sal) if mode=='gradient' else {}
+        tops = _first_boxes(r.boxes(mode=mode, threshold=thr, min_area=min_area, topk=1, min_prob=0., original=[torch.nan_to_num(m) for m in mos], **kw), n)
         dt = time.perf_counter() - t0
         iou = [box_iou(torch.from_numpy(b), gts[i]).max().item() if len(b) and len(gts[i]) else 0. for i,(b,_) in enumerate(tops)]
         hits = [iou[i] >= 0.5 for i in range(n)]
         has = [len(b)>0 for b,_ in tops]
         any_hit |= hits
-        rows.append(dict(threshold=float(thr), pointing=pt, box_acc=float(np.mean([hits[i] for i in pos])), max_box_acc_v2=v2,
+        rows.append(dict(mode=mode, threshold=thr, grad_threshold=u, pointing=pt, box_acc=float(np.mean([hits[i] for i in pos])), max_box_acc_v2=v2,
                          ap50=coco_ap50([(b, [s]*len(b)) for b,s in tops], gts, r.orig_sizes),
                          score_auroc=_auroc([s for (b,s),h in zip(tops, has) if h], [hits[i] for i in range(n) if has[i]]),
                          s_per_item=(secs + dt)/n))
@@ -198,11 +209,13 @@ def recipe_table(learn, items:list, # the Learner, and labelled files (an item w
                  methods=('gradcam', 'layercam', 'hirescam', 'gradcampp'), # CAM methods tried
                  layers=None, # layer choices tried (a name, an index path or a list of them, fused); None: `layer_candidates` of the `stage_ends`
                  tta=(False, True), # mirror settings tried
-                 thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), # box thresholds tried
+                 thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), # box thresholds tried (for 'gradient': the map's regions)
+                 modes=('threshold', 'gradient'), # box modes tried: the map's regions, and those narrowed by the input gradient (`fastcam.refine`)
+                 grad_thresholds=(0.2, 0.3, 0.4), # for 'gradient': fractions of the input gradient's maximum inside a region tried
                  min_area:int=default_recipe['min_area'], # smallest region, in original pixels
                  tolerance:float=None, # pointing tolerance in pixels (None: 15 px at a 224 px scale)
                  bs:int=16, progress:bool=True) -> pd.DataFrame:
-    "One row per recipe (method x layers x tta x threshold) with its localization metrics on `items`, best first"
+    "One row per recipe (method x layers x tta x box setting: mode, threshold, grad_threshold) with its localization metrics on `items`, best first"
     from fastprogress.fastprogress import progress_bar
     items = list(items)
     gts = _gts_of(items, gt)
@@ -210,25 +223,32 @@ def recipe_table(learn, items:list, # the Learner, and labelled files (an item w
     specs = list(layers) if layers is not None else layer_candidates(len(stage_ends(learn.model, xb)))
     cands = _names(learn.model, xb, specs)
     names = list(dict.fromkeys(n for c in cands for n in (c if isinstance(c, list) else [c])))
+    settings = _settings(modes, thresholds, grad_thresholds)
     rows,grid = [],[(m,t) for m in methods for t in tta]
     for method,t in (progress_bar(grid) if progress else grid):
         t0 = time.perf_counter()
-        d = learner_cam(learn, items, names if len(names) > 1 else names[0], target, method, bs=bs, tta=t)
+        d = learner_cam(learn, items, names if len(names) > 1 else names[0], target, method, bs=bs, tta=t, input_grad='gradient' in modes)
         secs = time.perf_counter() - t0
         d = d if isinstance(d, dict) else {names[0]: d}
         for spec,c in zip(specs, cands):
             r = d[c] if isinstance(c, str) else d[c[0]] if len(c)==1 else fuse_cams([d[o] for o in c])
-            rows += [dict(method=method, layer=spec, tta=t, **o) for o in _measure(r, gts, thresholds, min_area, tolerance, secs)]
+            rows += [dict(method=method, layer=spec, tta=t, **o) for o in _measure(r, gts, settings, min_area, tolerance, secs)]
     df = pd.DataFrame(rows)
     df.insert(len(df.columns), 'n_items', len(items)); df.insert(len(df.columns), 'n_boxes', sum(len(g)>0 for g in gts))
     return sort_recipes(df)
 
 def sort_recipes(df:pd.DataFrame, metric:str='box_acc') -> pd.DataFrame:
-    "Recipes best first: by `metric`, then pointing, MaxBoxAccV2, AP@0.5; ties go to the simpler recipe (fewer layers, no mirror), then the grid's order (never to timing noise)"
+    "Recipes best first: by `metric`, then pointing, MaxBoxAccV2, AP@0.5; ties go to the simpler recipe (fewer layers, no mirror, the map's own regions before gradient-narrowed ones), then the grid's order (never to timing noise)"
     keys = list(dict.fromkeys([metric, 'pointing', 'max_box_acc_v2', 'ap50']))
     n_layers = df['layer'].map(lambda l: len(l) if isinstance(l, (list, tuple)) and not all(isinstance(i, int) for i in l) else 1)
-    d = df.assign(_n=-n_layers, _m=~df['tta'].astype(bool)).sort_values(keys + ['_n', '_m'], ascending=False, kind='stable', na_position='last')
-    return d.drop(columns=['_n', '_m']).reset_index(drop=True)
+    plain = df['mode'].ne('gradient') if 'mode' in df else True
+    d = df.assign(_n=-n_layers, _m=~df['tta'].astype(bool), _g=plain).sort_values(keys + ['_n', '_m', '_g'], ascending=False, kind='stable', na_position='last')
+    return d.drop(columns=['_n', '_m', '_g']).reset_index(drop=True)
+
+def _saliencies(r) -> list:
+    "Each item's input saliency `[T, H, W]` in its original pixels (`fastcam.refine.original_saliency`), made once for every setting of the grid"
+    from fastcam.refine import original_saliency
+    return [np.stack([original_saliency(r.input_grad[i, t], r.orig_sizes[i], r.geometry) for t in range(r.input_grad.shape[1])]) for i in range(len(r))]
 
 # %% ../nbs/13_tune.ipynb #cea05264
 tune_metrics = ('box_acc', 'pointing', 'max_box_acc_v2', 'ap50')   # the columns `tune_boxes` can choose by
@@ -236,8 +256,10 @@ tune_metrics = ('box_acc', 'pointing', 'max_box_acc_v2', 'ap50')   # the columns
 def table_recipe(row, min_area:int=default_recipe['min_area']) -> dict:
     "The recipe of a row of `recipe_table` (one top box, as the table measured), with the row's scores, on how many items, for the record"
     num = lambda v: None if pd.isna(v) else round(float(v), 4)
-    return dict(check_recipe(dict(method=row['method'], layer=row['layer'], tta=bool(row['tta']), mode='threshold', threshold=float(row['threshold']),
-                                  min_area=int(min_area), topk=1)),
+    mode = row.get('mode', 'threshold')
+    u = float(row['grad_threshold']) if mode=='gradient' else default_recipe['grad_threshold']
+    return dict(check_recipe(dict(method=row['method'], layer=row['layer'], tta=bool(row['tta']), mode=mode, threshold=float(row['threshold']),
+                                  grad_threshold=u, min_area=int(min_area), topk=1)),
                 scores={k: num(row[k]) for k in tune_metrics if k in row}, n_items=int(row['n_items']), n_boxes=int(row['n_boxes']))
 
 @patch
@@ -246,7 +268,7 @@ def tune_boxes(self:Learner, items:list, # labelled files: a few with the findin
                metric:str='box_acc', # the column to choose by (ties: pointing, MaxBoxAccV2, AP@0.5, speed)
                save=None, # an exported learner's file: write the choice beside it (`recipe_path`)
                min_area:int=default_recipe['min_area'], # smallest region, in original pixels
-               **kwargs) -> pd.DataFrame: # to `recipe_table`: target, methods, layers, tta, thresholds, tolerance, bs, progress
+               **kwargs) -> pd.DataFrame: # to `recipe_table`: target, methods, layers, tta, thresholds, modes, grad_thresholds, tolerance, bs, progress
     "Measure the recipes of a grid on `items` and box with the best from now on (`learn.box_recipe`); returns the table, best first"
     if metric not in tune_metrics: raise ValueError(f"can't choose a box recipe by '{metric}': use one of {', '.join(tune_metrics)}")
     df = sort_recipes(recipe_table(self, items, gt, min_area=min_area, **kwargs), metric)

@@ -36,6 +36,20 @@ def image_folder(tmp_path_factory):
 def dls(image_folder):
     return ImageDataLoaders.from_folder(image_folder, valid_pct=0.25, seed=42, item_tfms=Resize(64), bs=8, num_workers=0)
 
+def frame_learner(root, df, model, size:int=48):
+    "A fastai Learner of hand-made `model` over the PNGs `df` names (file, label, is_valid) in `root`, squished to `size` px"
+    from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, ColReader, ColSplitter, Learner, CrossEntropyLossFlat
+    dls = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader('file', pref=root), get_y=ColReader('label'),
+                    splitter=ColSplitter('is_valid'), item_tfms=Resize(size, method='squish')).dataloaders(df, bs=4, num_workers=0)
+    return Learner(dls, model, loss_func=CrossEntropyLossFlat())
+
+def labelled_squares(tmp_path_factory, name:str, make_set, model):
+    "`(root, df, boxes, learner)`: the PNG set `make_set(root)` writes (its frame and true boxes, also saved as root/boxes.csv) and a Learner of `model` over it"
+    root = tmp_path_factory.mktemp(name)
+    df,bx = make_set(root)
+    bx.to_csv(root/'boxes.csv', index=False)
+    return root,df,bx,frame_learner(root, df, model)
+
 def make_learner(dls, **kw):
     torch.manual_seed(0)
     return vision_learner(dls, resnet18, pretrained=False, **kw)

@@ -4,8 +4,9 @@ from pathlib import Path
 os.environ.setdefault('MPLBACKEND', 'Agg')
 import numpy as np, pandas as pd, pytest, torch
 from torch import nn
+from fastai.vision.all import Learner, CrossEntropyLossFlat
+from conftest import frame_learner, labelled_squares
 from PIL import Image
-from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, ColReader, ColSplitter, Resize, Learner, CrossEntropyLossFlat
 from fastcam.tune import recipe_table, read_truth, load_recipe, recipe_path, coco_ap50, stage_ends, layer_candidates, default_recipe
 import fastcam.tune, fastcam.callback  # noqa: F401  (patch Learner.tune_boxes, Learner.get_cams)
 from fastcam.metrics import box_iou, rle_encode
@@ -35,14 +36,7 @@ def _square_set(root, n=10, seed=0):
     return pd.DataFrame(rows),pd.DataFrame(boxes)
 
 @pytest.fixture(scope='module')
-def squares(tmp_path_factory):
-    root = tmp_path_factory.mktemp('squares')
-    df,bx = _square_set(root)
-    bx.to_csv(root/'boxes.csv', index=False)
-    dls = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader('file', pref=root), get_y=ColReader('label'),
-                    splitter=ColSplitter('is_valid'), item_tfms=Resize(48, method='squish')).dataloaders(df, bs=4, num_workers=0)
-    learn = Learner(dls, TwoWay(), loss_func=CrossEntropyLossFlat())
-    return root,df,bx,learn
+def squares(tmp_path_factory): return labelled_squares(tmp_path_factory, 'squares', _square_set, TwoWay())
 
 def test_tune_chooses_the_layer_that_sees_the_lesion(squares, tmp_path):
     root,df,bx,learn = squares
@@ -206,10 +200,10 @@ def test_fastcam_tune_then_run(squares, tmp_path, capsys):
     rc = main(['tune', str(tmp_path/'model.pkl'), str(root), '--truth', str(root/'boxes.csv'), '--trust', '--target', 'pos', '--methods', 'gradcam',
                '--layers', 'b|a', '--no-tta', '--thresholds', '0.5,0.7', '--no-progress'])
     printed = capsys.readouterr().out
-    assert rc == 0 and f"saved the recipe to {tmp_path/'model.boxes.json'}" in printed and printed.splitlines()[0].split()[:4] == ['method', 'layer', 'tta', 'threshold']
+    assert rc == 0 and f"saved the recipe to {tmp_path/'model.boxes.json'}" in printed and printed.splitlines()[0].split()[:6] == ['method', 'layer', 'tta', 'mode', 'threshold', 'grad_threshold']
     saved = json.loads((tmp_path/'model.boxes.json').read_text())
     assert saved['layer'] == 'a' and saved['metric'] == 'box_acc' and saved['scores']['box_acc'] == 1.0 and saved['n_boxes'] == 5
-    assert pd.read_csv(tmp_path/'model.boxes.csv').shape[0] == 4   # 2 layers x 2 thresholds
+    assert pd.read_csv(tmp_path/'model.boxes.csv').shape[0] == 16   # 2 layers x (2 thresholds + 2 thresholds x 3 gradient thresholds)
     files = [str(root/f) for f in bx.file[:3]]
     def run(out, *opts):
         return main(['run', str(tmp_path/'model.pkl'), *files, '--trust', '--target', 'pos', '--out', str(out), '--no-progress', *opts])
@@ -284,9 +278,7 @@ def test_oracle_box_acc_is_each_item_at_its_own_best_threshold(tmp_path):
         Image.fromarray(im.astype(np.uint8)).convert('RGB').save(tmp_path/f'im{i}.png')
         rows.append(dict(file=f'im{i}.png', label='pos' if i < 2 else 'neg', is_valid=False))
     df = pd.DataFrame(rows)
-    dls = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader('file', pref=tmp_path), get_y=ColReader('label'),
-                    splitter=ColSplitter('is_valid'), item_tfms=Resize(64, method='squish')).dataloaders(df, bs=4, num_workers=0)
-    learn = Learner(dls, TwoWay(), loss_func=CrossEntropyLossFlat())
+    learn = frame_learner(tmp_path, df, TwoWay(), 64)
     gt = {str(tmp_path/b['file']): [[b['x0'], b['y0'], b['x1'], b['y1']]] for b in boxes}
     t = recipe_table(learn, [tmp_path/f for f in df.file], gt, target='pos', methods=('gradcam',), layers=['a'], tta=(False,),
                      thresholds=(0.5, 0.8), min_area=4, progress=False).set_index('threshold')

@@ -1,0 +1,152 @@
+"Gradient-refined boxes (`fastcam.refine`, box mode 'gradient') against a hand-made model with a known answer: its class score reads a bright square through a layer of 12x12 block averages, so the map is 4x4 cells and the input gradient is the square itself."
+import json, os
+os.environ.setdefault('MPLBACKEND', 'Agg')
+import numpy as np, pandas as pd, pytest, torch
+from torch import nn
+from conftest import labelled_squares
+from PIL import Image
+from fastcam.core import cam
+from fastcam.metrics import box_iou
+from fastcam.show import get_boxes
+import fastcam.tune, fastcam.callback  # noqa: F401  (patch Learner.tune_boxes, Learner.get_cams)
+
+class BrightBlocks(nn.Module):
+    "logit of 'pos' = 100 x the mean over the image of relu(gray - 0.5), read through `blocks` (12x12 averages): only bright pixels count"
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.AvgPool2d(12)
+        self.head = nn.Linear(1, 2)
+        with torch.no_grad(): self.head.weight.copy_(torch.tensor([[-100.], [100.]])); self.head.bias.copy_(torch.tensor([2., -2.]))
+    def forward(self, x):
+        return self.head(self.blocks((x.mean(1, keepdim=True) - 0.5).relu()).mean((2, 3)))
+
+SIDE = 16   # the square's side in original pixels (12 model-input pixels: one block)
+
+def _square_set(root, n=8, seed=1):
+    "64x64 PNGs: dark noise and (on positives) a bright square straddling the blocks' grid; the truth table"
+    rng,rows,boxes = np.random.default_rng(seed),[],[]
+    for i in range(n):
+        im = rng.normal(60, 10, (64, 64)).clip(0, 110)
+        if i % 2 == 0:
+            x0,y0 = (16*int(rng.integers(0, 3)) + int(rng.integers(6, 11)) for _ in range(2))   # about half a block off the blocks' 16-px grid (original pixels)
+            im[y0:y0+SIDE, x0:x0+SIDE] = 240
+            boxes.append(dict(file=f'im{i}.png', x0=x0, y0=y0, x1=x0+SIDE, y1=y0+SIDE))
+        Image.fromarray(im.astype(np.uint8)).convert('RGB').save(root/f'im{i}.png')
+        rows.append(dict(file=f'im{i}.png', label='pos' if i % 2 == 0 else 'neg', is_valid=i >= n-2))
+    return pd.DataFrame(rows),pd.DataFrame(boxes)
+
+@pytest.fixture(scope='module')
+def squares(tmp_path_factory): return labelled_squares(tmp_path_factory, 'refine', _square_set, BrightBlocks())
+
+def _ious(df, bx, root=None):
+    "Per true square, the IoU of the file's first box with it (0 without a box)"
+    out = []
+    for t in bx.itertuples():
+        got = df[df['file'].astype(str).str.endswith(t.file) & df['x0'].notna()] if 'file' in df else df
+        b = got.iloc[0] if len(got) else None
+        out.append(0. if b is None else box_iou(torch.tensor([[int(b.x0), int(b.y0), int(b.x1), int(b.y1)]]), torch.tensor([[t.x0, t.y0, t.x1, t.y1]])).item())
+    return np.array(out)
+
+# The engine: d score / d input from the maps' backward, checked against plain autograd
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+@pytest.mark.parametrize('method', ['gradcam', 'cam', 'eigencam'])
+def test_input_grad_is_autograd_of_each_target_score(method):
+    "Each target slot's input_grad is torch.autograd.grad of that class's logit summed over the channels, whatever the method needs; the model, the input and grad mode are left as they were"
+    m,x = _net(),torch.randn(2, 3, 16, 16)
+    m.train()
+    r = cam(m, x, layer='4', target='all', method=method, input_grad=True)
+    m.eval()
+    xx = x.clone().requires_grad_()
+    o = m(xx)
+    for j in range(3):
+        g, = torch.autograd.grad(o[:, j].sum(), xx, retain_graph=True)
+        torch.testing.assert_close(r.input_grad[:, j], g.sum(1))
+    m.train()
+    assert m.training and m[1].training and not x.requires_grad and torch.is_grad_enabled()
+    assert all(p.grad is None for p in m.parameters()) and not any(mod._forward_hooks for mod in m.modules())
+    assert cam(m, x, layer='4').input_grad is None   # only when asked
+
+def test_input_grad_with_tta_averages_the_mirror():
+    "With tta, input_grad is the mean of the item's gradient and its mirror image's gradient mirrored back (both by autograd)"
+    m,x = _net().eval(),torch.randn(2, 3, 16, 16)
+    r = cam(m, x, layer='4', target=1, tta=True, input_grad=True)
+    def g(v):
+        v = v.clone().requires_grad_()
+        return torch.autograd.grad(m(v)[:, 1].sum(), v)[0].sum(1)
+    torch.testing.assert_close(r.input_grad[:, 0], (g(x) + g(x.flip(-1)).flip(-1))/2)
+
+def test_input_grad_state_restored_when_the_engine_raises():
+    "A bad target raises its one-line error; grad mode, hooks and the input's requires_grad are as before, under no_grad too"
+    m,x = _net().eval(),torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        with pytest.raises((ValueError, IndexError)): cam(m, x, layer='4', target=7, input_grad=True)
+        assert not torch.is_grad_enabled()
+    assert not x.requires_grad and not any(mod._forward_hooks for mod in m.modules()) and all(p.grad is None for p in m.parameters())
+    with pytest.raises(ValueError, match='input_grad=True needs a floating-point input'): cam(m, torch.zeros(1, 3, 16, 16, dtype=torch.long), layer='4', input_grad=True)
+
+# The boxes: the square, not the map's cells
+
+def test_gradient_boxes_find_the_square(squares):
+    "Known answer: every gradient-narrowed box overlaps its square with IoU >= 0.7; the map's own boxes at any threshold do not (its cells are 16 px, the squares straddle them)"
+    root,df,bx,learn = squares
+    files = [root/f for f in bx.file]
+    res = learn.cam(files, layer='blocks', target='pos', input_grad=True)
+    fine = _ious(res.boxes(mode='gradient', threshold=0.3, grad_threshold=0.3, min_prob=0.), bx)
+    assert (fine >= 0.7).all(), fine
+    for t in (0.3, 0.5, 0.8):
+        assert _ious(res.boxes(mode='threshold', threshold=t, topk=1, min_prob=0.), bx).mean() < 0.5
+    with pytest.raises(ValueError, match=r"this result does not carry: make the maps with learn.cam\(\.\.\., input_grad=True\)"):
+        learn.cam(files[:1], layer='blocks', target='pos').boxes(mode='gradient')
+    with pytest.raises(ValueError, match='grad_threshold=30 is not a fraction'): res.boxes(mode='gradient', grad_threshold=30)
+
+def test_gradient_recipe_everywhere(squares, tmp_path):
+    "A recipe with mode 'gradient' makes learn.cam keep the input gradient by itself, and res.boxes(), get_boxes and get_cams(with_boxes=True) box the squares with it"
+    root,df,bx,learn = squares
+    files = [root/f for f in bx.file]
+    learn.use_recipe(dict(layer='blocks', mode='gradient', threshold=0.3, grad_threshold=0.3))
+    try:
+        res = learn.cam(files, target='pos')
+        assert res.input_grad is not None and res.input_grad.shape == (len(files), 1, 48, 48)
+        assert (_ious(res.boxes(min_prob=0.), bx) >= 0.7).all()
+        for f,t in zip(files, bx.itertuples()):
+            lb = get_boxes(f, learn.dls, learn, target='pos', show_img=False, min_prob=0.)
+            assert box_iou(torch.tensor(lb.df[['x0', 'y0', 'x1', 'y1']].to_numpy(np.int64)[:1]), torch.tensor([[t.x0, t.y0, t.x1, t.y1]])).item() >= 0.7
+        pos = df[df.label=='pos'].reset_index(drop=True)
+        dl = learn.dls.test_dl(pos, with_labels=False)
+        _,boxes = learn.get_cams(dl, target='pos', with_boxes=True, min_prob=0.)
+        assert (_ious(boxes.assign(file=[str(pos.file[i]) for i in boxes['item']]), bx) >= 0.7).all()
+    finally: learn.use_recipe(None)
+
+def test_tune_chooses_the_gradient_mode(squares, tmp_path):
+    "Known answer for the tune step: on these squares the gradient-narrowed boxes hit and the map's do not, so it chooses mode 'gradient' and saves its thresholds"
+    root,df,bx,learn = squares
+    t = learn.tune_boxes([root/f for f in df.file], root/'boxes.csv', target='pos', methods=('gradcam',), layers=['blocks'], tta=(False,),
+                         thresholds=(0.3, 0.5), grad_thresholds=(0.3,), save=tmp_path/'model.pkl', progress=False)
+    try:
+        assert t.iloc[0]['mode'] == 'gradient' and t.iloc[0]['box_acc'] == 1.0
+        assert t[t['mode']=='threshold']['box_acc'].max() < 0.5 and t['grad_threshold'].isna().sum() == 2
+        saved = json.loads((tmp_path/'model.boxes.json').read_text())
+        assert (saved['mode'], saved['grad_threshold']) == ('gradient', 0.3)
+    finally: learn.use_recipe(None)
+
+def test_fastcam_run_gradient_mode(squares, tmp_path, capsys):
+    "`fastcam run --mode gradient` boxes the squares (boxes.csv), records grad_threshold in run.json; --grad-threshold without it is a one-line error"
+    from fastcam.cli import main
+    root,df,bx,learn = squares
+    learn.export(tmp_path/'model.pkl')
+    run = lambda out, *o: main(['run', str(tmp_path/'model.pkl'), *[str(root/f) for f in bx.file], '--trust', '--target', 'pos', '--layer', 'blocks',
+                                '--min-prob', '0', '--out', str(out), '--no-progress', *o])
+    assert run(tmp_path/'g', '--mode', 'gradient', '--threshold', '0.3', '--grad-threshold', '0.3') == 0
+    got = pd.read_csv(tmp_path/'g'/'boxes.csv')
+    assert (_ious(got, bx) >= 0.7).all()
+    opts = json.loads((tmp_path/'g'/'run.json').read_text())['options']
+    assert (opts['mode'], opts['grad_threshold']) == ('gradient', 0.3)
+    assert run(tmp_path/'t', '--threshold', '0.3') == 0 and 'grad_threshold' not in json.loads((tmp_path/'t'/'run.json').read_text())['options']
+    capsys.readouterr()
+    assert run(tmp_path/'x', '--grad-threshold', '0.3') == 2
+    assert capsys.readouterr().err.strip() == "fastcam run: --grad-threshold is for --mode gradient, but this run boxes with mode 'threshold'"
