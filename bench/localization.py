@@ -18,7 +18,7 @@ recipe on its validation files.
 lesions then span several cells of the last-stage map instead of about one, which shows how the defaults and the
 box rule carry to another scale (results in bench/results/localization_x2.md).
 
-Usage: python bench/localization.py [--quick] [--scale 1] [--out bench/results/localization.md] [--jobs 2] [--from-csv CSV]
+Usage: python bench/localization.py [--quick] [--scale 1] [--methods gradcam ...] [--no-tta] [--out bench/results/localization.md] [--jobs 2] [--from-csv CSV]
 """
 from __future__ import annotations
 import argparse, hashlib, json, multiprocessing, os, sys, time, warnings
@@ -170,6 +170,8 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
          f"`python bench/localization.py{' --quick' if cfg.get('quick') else ''}{f' --scale {sc:g}' if sc!=1 else ''}`: {len(cfg['domains'])} domains x {len(cfg['seeds'])} model seeds, "
          f"{cfg['n']} DICOMs per domain (30 % validation), small XResNet from scratch, {cfg['epochs']} epochs, {96*sc:g} px squish; " +
          (f"{a_jobs} processes of one torch thread; {secs/60:.1f} min in all; models cached in bench/.cache/" + _train_times(infos) + "." if secs==secs else "this report was made again from the run's CSV (`--from-csv`), the tune step redone on the cached models."), '',
+         f"Grid: methods {', '.join(cfg['methods'])}; tta {', '.join(map(str, cfg['tta']))}; layers: `layer_candidates` of the stage ends; "
+         f"box modes 'threshold' at {', '.join(map(str, cfg['thresholds']))} and 'gradient' at those x input-gradient thresholds {', '.join(map(str, cfg['grad_thresholds']))}.", '',
          f"Domains (`make_dicom_set` options on top of size {domain_opts(tune_doms[0], sc)['size']}, contrast (0.15, 0.25)):", '']
     L += [f"- `{d}`{' (HELD OUT)' if d==HELD_OUT else ''}: {({**DOMAINS[d], 'size': domain_opts(d, sc)['size']} if 'size' in DOMAINS[d] else DOMAINS[d])}; accuracy {ms([i['accuracy'] for i in infos if i['domain']==d])} %" for d in cfg['domains']]
     L += ['', f"Runs whose model did not learn the task (validation accuracy < {MIN_ACC}) are left out of every line below: a map of a model that does not see the lesion says nothing about a box recipe. Left out: {', '.join(skipped) or 'none'}.",
@@ -206,8 +208,12 @@ def main():
     ap.add_argument('--from-csv', default=None, help="report again from a full run's CSV (tune step redone on the cached models)")
     ap.add_argument('--jobs', type=int, default=2, help='processes, one (domain, seed) run each, one torch thread each')
     ap.add_argument('--scale', type=float, default=1, help='images and model input this many times the size (1: 96 px input; 2: 192 px)')
+    ap.add_argument('--methods', nargs='+', default=None, help="CAM methods measured (default: the grid's; e.g. gradcam alone for a shorter run, which still covers the defaults' rule)")
+    ap.add_argument('--no-tta', action='store_true', help='measure without mirroring only (a shorter run that still covers the defaults, which fix tta off)')
     a = ap.parse_args()
     cfg = {**(QUICK if a.quick else FULL), 'quick': a.quick, 'scale': a.scale}
+    if a.methods: cfg['methods'] = tuple(a.methods)
+    if a.no_tta: cfg['tta'] = (False,)
     CACHE.mkdir(parents=True, exist_ok=True)
     t0,rows,tuned,infos = time.time(),[],[],[]
     if a.from_csv:   # the report again from a run's CSV (the recipes measured), with the tune step redone on the cached models

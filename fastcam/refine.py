@@ -37,10 +37,11 @@ def refine_region(region, # A `regionprops` region of the map (`threshold_region
                   grad_threshold:float, # Fraction of the saliency's maximum inside the region
                   min_area:int=16) -> list: # Smallest part kept, in pixels
     "`(x0, y0, x1, y1)`: the box of the most massive part of `s` inside `region` at >= `grad_threshold` of its maximum there; the region's own box where `s` is 0 in it"
+    y0,x0,y1,x1 = region.bbox
     ys,xs = region.coords[:, 0],region.coords[:, 1]
-    w = np.zeros(s.shape); w[ys, xs] = s[ys, xs]
+    w = np.zeros((y1-y0+2, x1-x0+2)); w[ys-y0+1, xs-x0+1] = s[ys, xs]   # the region alone in its bounding box, a border of 0 around (so fractions are of the maximum)
     bx,_ = threshold_boxes(w, grad_threshold, min(min_area, len(ys)), 1, 'mass', relu=False)
-    return bx[0].tolist() if len(bx) else region_box(region)
+    return (bx[0] + [x0-1, y0-1, x0-1, y0-1]).tolist() if len(bx) else region_box(region)
 
 def gradient_boxes(m, # One normalised map `[H, W]` in original pixels (NaN where unseen)
                    s:np.ndarray, # The input saliency `[H, W]` in the same pixels (`original_saliency`)

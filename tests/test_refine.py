@@ -121,6 +121,8 @@ def test_gradient_recipe_everywhere(squares, tmp_path):
         _,boxes = learn.get_cams(dl, target='pos', with_boxes=True, min_prob=0.)
         assert (_ious(boxes.assign(file=[str(pos.file[i]) for i in boxes['item']]), bx) >= 0.7).all()
     finally: learn.use_recipe(None)
+    with pytest.raises(ValueError, match='box recipe grad_threshold 2 is outside 0..1'): learn.use_recipe(dict(mode='gradient', grad_threshold=2))
+    with pytest.raises(ValueError, match="box recipe mode 'grad': use 'threshold', 'peak', 'gradient'"): learn.use_recipe(dict(mode='grad'))
 
 def test_tune_chooses_the_gradient_mode(squares, tmp_path):
     "Known answer for the tune step: on these squares the gradient-narrowed boxes hit and the map's do not, so it chooses mode 'gradient' and saves its thresholds"
@@ -150,3 +152,7 @@ def test_fastcam_run_gradient_mode(squares, tmp_path, capsys):
     capsys.readouterr()
     assert run(tmp_path/'x', '--grad-threshold', '0.3') == 2
     assert capsys.readouterr().err.strip() == "fastcam run: --grad-threshold is for --mode gradient, but this run boxes with mode 'threshold'"
+    assert run(tmp_path/'y', '--mode', 'grad') == 2
+    assert capsys.readouterr().err.strip() == "fastcam run: --mode must be 'threshold', 'peak' or 'gradient', not 'grad'"
+    assert main(['tune', str(tmp_path/'model.pkl'), str(root), '--truth', str(root/'boxes.csv'), '--trust', '--modes', 'threshold,grad']) == 2
+    assert capsys.readouterr().err.strip() == "fastcam tune: --modes 'threshold,grad': use threshold and/or gradient, separated by commas"
