@@ -16,7 +16,8 @@ choice. On each run's validation positives (target 'nodule'), for the Grad-CAM m
 - **centre error**: the distance from the top box's centre to the nearest lesion's centre, over the lesion's side
   (median); at IoU >= 0.5, two boxes of one size may be apart by at most about 1/6 of their side in each axis.
 
-And one way to centre boxes finer than the map's cells, measured as a candidate, not adopted: the model's input
+And one way to centre boxes finer than the map's cells, measured here as a candidate before it was built (it is now the box
+mode 'gradient', `fastcam.refine`, which `bench/localization.py` measures beside the plain regions): the model's input
 gradient (d logit / d pixel, positive part, Gaussian-smoothed by `sigma` original pixels) inside the map's region
 (the connected part at >= `t` of the map's maximum around its peak), thresholded at `u` of its maximum, top
 region's box (**gradient-refined box**); its setting is chosen on the tuning domains' mean BoxAcc and reported on the
