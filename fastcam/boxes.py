@@ -358,9 +358,9 @@ def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
               mode:str=default_recipe['mode'], # 'threshold' (connected regions), 'peak' (the highest cell) or 'gradient' (each region narrowed by the input gradient, `fastcam.refine`)
               threshold:float=default_recipe['threshold'], # For 'threshold' and 'gradient': fraction of the maximum
               grad_threshold:float=default_recipe['grad_threshold'], # For 'gradient': fraction of the input gradient's maximum inside each region
-              min_area:int=default_recipe['min_area'], # For 'threshold': smallest region in original pixels
-              topk:int=None, # For 'threshold': best boxes kept per map (None: every region; a box recipe keeps its `topk`)
-              score:str='max', # For 'threshold': how regions are ordered before `topk`: 'max', 'mean' or 'mass' of the normalised map
+              min_area:int=default_recipe['min_area'], # For 'threshold' and 'gradient': smallest region in original pixels
+              topk:int=None, # For 'threshold' and 'gradient': best boxes kept per map (None: every region; a box recipe keeps its `topk`)
+              score:str='max', # For 'threshold' and 'gradient': how regions are ordered before `topk`: 'max', 'mean' or 'mass' of the normalised map
               relu:bool=True, # ReLU before normalising the maps
               fill:float=0., # Value of unseen original pixels
               original=None, # The maps already in original pixels, one `[T, H, W]` per item (`res.original_maps(i)`), not computed again

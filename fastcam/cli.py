@@ -406,7 +406,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         mode:str=None, # Boxes: 'threshold' (connected regions), 'peak' (the highest cell) or 'gradient' (regions narrowed by the model's input gradient, fastcam.refine); default: the box recipe's (untuned: threshold)
         threshold:float=None, # For 'threshold' and 'gradient': fraction of the map's maximum; default: the box recipe's (untuned: 0.8, `default_recipe`)
         grad_threshold:float=None, # For 'gradient': fraction of the input gradient's maximum inside a region; default: the box recipe's (untuned: 0.3)
-        min_area:int=None, # For 'threshold': smallest region in original pixels; default: the box recipe's (untuned: 16)
+        min_area:int=None, # For 'threshold' and 'gradient': smallest region in original pixels; default: the box recipe's (untuned: 16)
         topk:int=None, # Boxes kept per file; default: the box recipe's (untuned: 1)
         confirm:store_true=False, # Model-confirmed boxes: the model chooses among candidate regions and scores them (fastcam.confirm; a few forwards per file)
         min_prob:float=MIN_PROB, # No box for a file whose probability of the class is below this (boxes.csv says 'below min_prob'); with --target CLASS, boxes the finding only where the model sees it

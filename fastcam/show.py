@@ -215,7 +215,7 @@ def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
               method=None, # A method name from `fastcam.methods.methods`; None: the box recipe's
               threshold:float=None, # For 'threshold' and 'gradient': fraction of the map's maximum; None: the box recipe's
               grad_threshold:float=None, # For 'gradient': fraction of the input gradient's maximum inside a region; None: the box recipe's
-              min_area:int=None, # For 'threshold': smallest region, in original pixels; None: the box recipe's
+              min_area:int=None, # For 'threshold' and 'gradient': smallest region, in original pixels; None: the box recipe's
               topk:int=None, # Best boxes kept per map; None: the box recipe's (1 in `default_recipe`)
               min_prob:float=MIN_PROB, # No box for a class whose probability is below this (the table says 'below min_prob')
               confirm:bool=False, # Let the model choose and score the box among candidate regions (`fastcam.confirm`)
