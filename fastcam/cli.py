@@ -23,7 +23,7 @@ from .methods import small_xresnet, gap_linear_learner  # public in fastcam.meth
 from .boxes import MIN_PROB
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
 from .boxes import check_threshold
-from .tune import run_recipe, tune_files, load_recipe, tune_metrics
+from .tune import run_recipe, tune_files, load_recipe, tune_metrics, box_modes
 from .report import atomic_write, sync_disk, write_outputs, csv_safe, record_json, load_record
 from .truth import Truth, evaluate_run, coco_results_list
 from .runs import (scan_inputs, lock_out, clean_temporaries, run_options, run_info, model_identity, save_run_info, resume_conflict,
@@ -436,7 +436,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
     paths = list(paths)
     learner,inputs = (None,paths) if weights else (paths[0] if paths else None,paths[1:])
     if not inputs: raise CliError("fastcam run: no INPUT given: name files or folders to explain after LEARNER")
-    if mode not in (None, 'threshold', 'peak', 'gradient'): raise CliError(f"fastcam run: --mode must be 'threshold', 'peak' or 'gradient', not '{mode}'")
+    if mode not in (None, *box_modes): raise CliError(f"fastcam run: --mode must be 'threshold', 'peak' or 'gradient', not '{mode}'")
     if tta and no_tta: raise CliError("fastcam run: --tta and --no-tta contradict each other; give one")
     engine = _engine_opts(dict(tokens=_tokens(tokens), grid=_grid(grid), output=_target(output)))   # only those given: other runs' options stay as they were
     if confirm and 'output' in engine: raise CliError(f"fastcam run: --confirm scores regions with the model's first output; it does not take --output {output} (leave one of them out)")
