@@ -385,12 +385,13 @@ def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
     for b,hw in enumerate(sizes):
         _check_input_size(g, hw, res.input_size)
         mo = maps_to_original(normalize_maps(res.maps[b], relu), hw, g, fill) if original is None else original[b]
+        if mode=='gradient': sal = original_saliency(res.input_grad[b], hw, g) if saliency is None else saliency[b]   # every target of the item at once
         for t,c in enumerate(res.targets[b].tolist()):
             if c < 0: continue
             p = float(res.probs[b,c])
             if p < min_prob: rows.append(_no_box(b, t, c, names[b][t], p, 'below min_prob')); continue   # NaN (a score target: no probability) is never below
             if mode=='peak': bx,_ = peak_boxes(res.maps[b,t], hw, g, relu)
-            elif mode=='gradient': bx = gradient_boxes(mo[t], original_saliency(res.input_grad[b,t], hw, g) if saliency is None else saliency[b][t], threshold, grad_threshold, min_area, score)
+            elif mode=='gradient': bx = gradient_boxes(mo[t], sal[t], threshold, grad_threshold, min_area, score)
             else: bx,_ = threshold_boxes(mo[t], threshold, min_area, None, score, relu=False)
             ev = box_evidence(mo[t], bx, p)
             bx,ev = bx[:topk],ev[:topk]

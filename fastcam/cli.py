@@ -405,7 +405,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         bs:int=16, # Files per batch
         mode:str=None, # Boxes: 'threshold' (connected regions), 'peak' (the highest cell) or 'gradient' (regions narrowed by the model's input gradient, fastcam.refine); default: the box recipe's (untuned: threshold)
         threshold:float=None, # For 'threshold' and 'gradient': fraction of the map's maximum; default: the box recipe's (untuned: 0.8, `default_recipe`)
-        grad_threshold:float=None, # For 'gradient': fraction of the input gradient's maximum inside a region; default: the box recipe's (untuned: 0.3)
+        grad_threshold:float=None, # For 'gradient': fraction of the input gradient's maximum inside a region; default: the box recipe's (untuned: 0.2; give the gradient mode a lower --threshold than the plain boxes', about 0.7)
         min_area:int=None, # For 'threshold' and 'gradient': smallest region in original pixels; default: the box recipe's (untuned: 16)
         topk:int=None, # Boxes kept per file; default: the box recipe's (untuned: 1)
         confirm:store_true=False, # Model-confirmed boxes: the model chooses among candidate regions and scores them (fastcam.confirm; a few forwards per file)

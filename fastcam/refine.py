@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np, torch
 from torch import Tensor
 from .boxes import threshold_regions, threshold_boxes, region_box, maps_to_original, check_threshold
+from .confirm import gaussian_blur2d
 
 # %% auto #0
 __all__ = ['grad_sigma', 'input_saliency', 'original_saliency', 'refine_region', 'gradient_boxes', 'check_gradient_mode']
@@ -19,17 +20,16 @@ grad_sigma = 1.   # smoothing of the input gradient, in model-input pixels (benc
 def input_saliency(g:Tensor, # d score / d input summed over channels `[..., h, w]` (`CamResult.input_grad`)
                    sigma:float=grad_sigma) -> Tensor: # Gaussian smoothing in model-input pixels (0: none)
     "Where brightening the input raises the class score: the positive part of `g`, smoothed by `sigma` pixels"
-    from fastcam.confirm import gaussian_blur2d
     s = torch.as_tensor(g).detach().float().clamp(min=0)
     if not sigma: return s
     return gaussian_blur2d(s.reshape(-1, 1, *s.shape[-2:]), sigma).reshape(s.shape)
 
-def original_saliency(g:Tensor, # One input gradient `[h, w]` at the model input's size
+def original_saliency(g:Tensor, # One item's input gradients `[..., h, w]` at the model input's size (e.g. `[T, h, w]`, one per target)
                       orig_size, # `(H, W)` of the original image
                       geometry=None, # Anything `input_geometry` takes (usually the `DataLoaders`)
                       sigma:float=grad_sigma) -> np.ndarray:
-    "`input_saliency` of `g` in the original image's pixels `[H, W]` (0 where the model saw nothing)"
-    return maps_to_original(input_saliency(g, sigma)[None], orig_size, geometry, 0.)[0].double().cpu().numpy()
+    "`input_saliency` of `g` in the original image's pixels `[..., H, W]` (0 where the model saw nothing), every target at once"
+    return maps_to_original(input_saliency(g, sigma), orig_size, geometry, 0.).double().cpu().numpy()
 
 # %% ../nbs/12a_refine.ipynb #c1bad2d6
 def refine_region(region, # A `regionprops` region of the map (`threshold_regions`)

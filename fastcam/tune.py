@@ -21,7 +21,7 @@ __all__ = ['default_recipe', 'box_modes', 'tune_metrics', 'check_recipe', 'recip
            'sort_recipes', 'table_recipe', 'tune_files', 'run_recipe']
 
 # %% ../nbs/13_tune.ipynb #25b6c37d
-default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=0.8, grad_threshold=0.3, min_area=16, topk=1)   # threshold: bench/results/localization.md (small CNNs, 96 px)
+default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=0.8, grad_threshold=0.2, min_area=16, topk=1)   # threshold: bench/results/localization.md (small CNNs, 96 px); grad_threshold: the better of 0.2/0.3 at both of its scales (13_tune)
 _recipe_keys = tuple(default_recipe)
 box_modes = ('threshold', 'peak', 'gradient')   # how a map becomes boxes: `fastcam.boxes.cam_boxes`
 
@@ -186,11 +186,12 @@ def _measure(r, gts, settings, min_area, tolerance, secs):
     pt = float(np.mean([pointing_hits([mos[i][0]], [gts[i]], t)[0].item() for i,t in zip(pos, tol)]))
     v2 = max_box_acc_v2([mos[i][0] for i in pos], [gts[i] for i in pos], thresholds=0.05)/100
     rows,any_hit,sal = [],np.zeros(n, bool),None
+    orig = [torch.nan_to_num(m) for m in mos]   # the maps every setting boxes (unseen pixels: no evidence)
     for mode,thr,u in settings:
         t0 = time.perf_counter()
         if mode=='gradient' and sal is None: sal = _saliencies(r)
         kw = dict(grad_threshold=u, saliency=sal) if mode=='gradient' else {}
-        tops = _first_boxes(r.boxes(mode=mode, threshold=thr, min_area=min_area, topk=1, min_prob=0., original=[torch.nan_to_num(m) for m in mos], **kw), n)
+        tops = _first_boxes(r.boxes(mode=mode, threshold=thr, min_area=min_area, topk=1, min_prob=0., original=orig, **kw), n)
         dt = time.perf_counter() - t0
         iou = [box_iou(torch.from_numpy(b), gts[i]).max().item() if len(b) and len(gts[i]) else 0. for i,(b,_) in enumerate(tops)]
         hits = [iou[i] >= 0.5 for i in range(n)]
@@ -248,7 +249,7 @@ def sort_recipes(df:pd.DataFrame, metric:str='box_acc') -> pd.DataFrame:
 def _saliencies(r) -> list:
     "Each item's input saliency `[T, H, W]` in its original pixels (`fastcam.refine.original_saliency`), made once for every setting of the grid"
     from fastcam.refine import original_saliency
-    return [np.stack([original_saliency(r.input_grad[i, t], r.orig_sizes[i], r.geometry) for t in range(r.input_grad.shape[1])]) for i in range(len(r))]
+    return [original_saliency(r.input_grad[i], r.orig_sizes[i], r.geometry) for i in range(len(r))]
 
 # %% ../nbs/13_tune.ipynb #cea05264
 tune_metrics = ('box_acc', 'pointing', 'max_box_acc_v2', 'ap50')   # the columns `tune_boxes` can choose by
