@@ -148,7 +148,7 @@ def coco_results(records:list, vocab:list) -> dict:
 _style = """body{font-family:system-ui,sans-serif;margin:1.2em 2em;color:#111;background:#fff;line-height:1.35}
 h1{margin:.2em 0}h2{margin-top:1.4em;border-bottom:1px solid #ccc}table{border-collapse:collapse;margin:.4em 0}
 td,th{border:1px solid #bbb;padding:3px 9px;text-align:left;vertical-align:top}th{background:#eee}td.n{text-align:right;font-variant-numeric:tabular-nums}
-.run td:first-child{font-weight:600}.top{display:flex;flex-wrap:wrap;gap:0 3em;align-items:flex-start}.top section{max-width:46em}.run td{word-break:break-all}.note{color:#444;font-size:90%}
+.run td:first-child{font-weight:600;white-space:nowrap}.top{display:flex;flex-wrap:wrap;gap:0 3em;align-items:flex-start}.top section{max-width:46em}.run td+td{word-break:break-all}.note{color:#444;font-size:90%}
 .bar{display:flex;flex-wrap:wrap;gap:.6em 1.4em;align-items:center;position:sticky;top:0;background:#f6f6f6;padding:.6em;border:1px solid #ccc;z-index:1}
 .bar label{font-weight:600}select,input,button{font:inherit;padding:2px 4px}
 :focus-visible{outline:3px solid #1a5fb4;outline-offset:2px}
@@ -211,7 +211,7 @@ def _run_section(info) -> str:
     rows = [(k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, bool) else str(v)) for k,v in _flat(info)]   # as given: 0.7 stays 0.7
     d = dict(rows)
     key = [('model', 'model.file'), ('sha256', 'model.sha256'), ('method', 'options.method'), ('layer', 'options.layer'), ('box mode', 'options.mode'), ('threshold', 'options.threshold'),
-           ('grad_threshold', 'options.grad_threshold'), ('tta', 'options.tta'), ('box recipe', 'recipe.source'), ('min_prob', 'options.min_prob'), ('target', 'options.target'), ('fastcam', 'versions.fastcam'), ('date', 'date')]
+           ('gradient threshold', 'options.grad_threshold'), ('tta', 'options.tta'), ('box recipe', 'recipe.source'), ('min_prob', 'options.min_prob'), ('target', 'options.target'), ('fastcam', 'versions.fastcam'), ('date', 'date')]
     brief = _table([(n, d[k][:16] + '…' if n=='sha256' and len(d[k]) > 16 else d[k]) for n,k in key if d.get(k) not in (None, '')], ['what', 'value'], 'run')
     return (f"<h2 id='run'>Run</h2>{brief}<details><summary>all run metadata ({len(rows)} entries: versions, command line, ...)</summary>"
             + _table(rows, ['what', 'value'], 'run') + "</details>")
