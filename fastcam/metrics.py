@@ -655,10 +655,12 @@ def _gt_key(gt, f, stem:bool=False):
 
 def _one_item_per_key(items, keys):
     "ValueError when one key of a truth names two different items (e.g. the stem 'case1' of a/case1.dcm and b/case1.dcm): both would get one file's truth"
+    import os
+    same = lambda f: os.path.realpath(f) if isinstance(f, (str, os.PathLike)) else str(f)   # one file as a relative and an absolute path is one item
     seen = {}
     for f,k in zip(items, keys):
         if k is None: continue
-        if seen.setdefault(k, str(f))!=str(f):
+        if same(seen.setdefault(k, f))!=same(f):
             raise ValueError(f"the ground truth's '{k}' names two items, {seen[k]} and {f}; key the truth by a longer path (e.g. the folder and file name) or give one of them")
 
 def _gt_for(gt, f):

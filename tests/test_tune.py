@@ -295,6 +295,13 @@ def test_a_truth_key_that_names_two_items_is_refused(tmp_path):
     g = fastcam.tune._gts_of(items, {'a/case1.png': [[1, 1, 4, 4]], 'b/case1.png': [[2, 2, 6, 6]]})   # keyed by folder and name: each its own
     assert [b.tolist() for b in g] == [[[1, 1, 4, 4]], [[2, 2, 6, 6]]]
 
+def test_one_file_as_a_relative_and_an_absolute_path_is_one_item(tmp_path, monkeypatch):
+    "The same file named twice, relative and absolute, is one item: both get its truth, nothing is refused"
+    (tmp_path/'a').mkdir(); Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path/'a'/'case1.png')
+    monkeypatch.chdir(tmp_path)
+    g = fastcam.tune._gts_of(['a/case1.png', tmp_path/'a'/'case1.png'], {'case1': [[1, 1, 4, 4]]})
+    assert [b.tolist() for b in g] == [[[1, 1, 4, 4]], [[1, 1, 4, 4]]]
+
 def test_boxes_truth_does_not_open_the_items(tmp_path):
     "A boxes CSV or COCO truth needs no image size: items are not opened (a file that is not there yet is no error); RLE masks need them"
     pd.DataFrame([dict(file='gone.png', x0=1, y0=1, x1=5, y1=5)]).to_csv(tmp_path/'gt.csv', index=False)
