@@ -23,7 +23,7 @@ from fastai.vision.core import TensorBBox, LabeledBBox
 from fastai.vision.augment import (Resize, ResizeMethod, RandomResizedCrop, CropPad, RandomCrop, OldRandomCrop, RatioResize,
                                    AffineCoordTfm, RandomResizedCropGPU, SpaceTfm, RandomErasing)
 from .core import CamResult, normalize_maps, upsample_maps, with_param_docs
-from .tune import default_recipe, box_modes   # the box defaults live in one place (fastcam.tune imports no boxes module at its top)
+from .tune import default_recipe, box_modes, mode_thresholds   # the box defaults live in one place (fastcam.tune imports no boxes module at its top)
 
 # %% auto #0
 __all__ = ['MIN_PROB', 'InputGeometry', 'input_geometry', 'maps_to_original', 'cell_to_original', 'peak_boxes', 'check_threshold',
@@ -356,7 +356,7 @@ def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
               orig_sizes, # `(H, W)` of the original images: one for all, or one per item
               geometry=None, # Anything `input_geometry` takes (usually the `DataLoaders`)
               mode:str=default_recipe['mode'], # 'threshold' (connected regions), 'peak' (the highest cell) or 'gradient' (each region narrowed by the input gradient, `fastcam.refine`)
-              threshold:float=default_recipe['threshold'], # For 'threshold' and 'gradient': fraction of the maximum
+              threshold:float=None, # For 'threshold' and 'gradient': fraction of the maximum; None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient')
               grad_threshold:float=default_recipe['grad_threshold'], # For 'gradient': fraction of the input gradient's maximum inside each region
               min_area:int=default_recipe['min_area'], # For 'threshold' and 'gradient': smallest region in original pixels
               topk:int=None, # For 'threshold' and 'gradient': best boxes kept per map (None: every region; a box recipe keeps its `topk`)
@@ -371,6 +371,7 @@ def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
               model=None) -> pd.DataFrame: # With `confirm`: the classifier (default: `res.model`)
     "The boxes table of `res` in original pixels: item, target, class, label, prob, x0, y0, x1, y1, score, reason (one row per box or per target without one)"
     if mode not in box_modes: raise ValueError(f"unknown mode '{mode}': use 'threshold', 'peak' or 'gradient'")
+    threshold = mode_thresholds.get(mode, default_recipe['threshold']) if threshold is None else threshold
     if mode=='gradient':
         from fastcam.refine import check_gradient_mode, gradient_boxes, original_saliency
         check_gradient_mode(res, grad_threshold)

@@ -23,7 +23,7 @@ from .methods import small_xresnet, gap_linear_learner  # public in fastcam.meth
 from .boxes import MIN_PROB
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
 from .boxes import check_threshold
-from .tune import run_recipe, tune_files, load_recipe, tune_metrics, box_modes
+from .tune import run_recipe, tune_files, load_recipe, tune_metrics, box_modes, box_options
 from .report import atomic_write, sync_disk, write_outputs, csv_safe, record_json, load_record
 from .truth import Truth, evaluate_run, coco_results_list
 from .runs import (scan_inputs, lock_out, clean_temporaries, run_options, run_info, model_identity, save_run_info, resume_conflict,
@@ -404,8 +404,8 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         target:str=None, # Class to explain: the predicted one (default), a class name or index; --target CLASS boxes that finding on the files where its probability reaches --min-prob; a learner trained with a regression loss explains 'increase' (default) or 'decrease' of its output
         bs:int=16, # Files per batch
         mode:str=None, # Boxes: 'threshold' (connected regions), 'peak' (the highest cell) or 'gradient' (regions narrowed by the model's input gradient, fastcam.refine); default: the box recipe's (untuned: threshold)
-        threshold:float=None, # For 'threshold' and 'gradient': fraction of the map's maximum; default: the box recipe's (untuned: 0.8, `default_recipe`)
-        grad_threshold:float=None, # For 'gradient': fraction of the input gradient's maximum inside a region; default: the box recipe's (untuned: 0.2; give the gradient mode a lower --threshold than the plain boxes', about 0.7)
+        threshold:float=None, # For 'threshold' and 'gradient': fraction of the map's maximum; default: the box recipe's, or with a --mode other than the recipe's that mode's own (untuned: 0.8; 0.7 with --mode gradient)
+        grad_threshold:float=None, # For 'gradient': fraction of the input gradient's maximum inside a region; default: the box recipe's (untuned: 0.2)
         min_area:int=None, # For 'threshold' and 'gradient': smallest region in original pixels; default: the box recipe's (untuned: 16)
         topk:int=None, # Boxes kept per file; default: the box recipe's (untuned: 1)
         confirm:store_true=False, # Model-confirmed boxes: the model chooses among candidate regions and scores them (fastcam.confirm; a few forwards per file)
@@ -458,7 +458,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         learn = load_for_run(learner, trust, arch, weights, vocab, size, dev)
         rec = _run_recipe(learner or weights, learn, recipe, no_recipe)
         given = dict(layer=_layer(layer), method=method, mode=mode, threshold=threshold, min_area=min_area, topk=topk, tta=True if tta else False if no_tta else None)
-        cfg = dict({k: rec[k] for k in ('layer', 'method', 'mode', 'threshold', 'min_area', 'topk', 'tta')}, **{k: v for k,v in given.items() if v is not None},
+        cfg = dict(box_options({k: rec[k] for k in ('layer', 'method', 'mode', 'threshold', 'min_area', 'topk', 'tta')}, **given),   # a --mode without --threshold takes its own
                    target=_target(target), bs=bs, min_prob=min_prob, confirm=confirm, save_maps=save_maps, stability=stability, **engine, **_truth_opts(truth),
                    **_recipe_opts(rec))
         if cfg['mode']=='gradient': cfg['grad_threshold'] = rec['grad_threshold'] if grad_threshold is None else grad_threshold   # only gradient runs have the key: other runs keep theirs

@@ -302,9 +302,9 @@ class CamResult:
     def boxes(self, mode:str=None, **kwargs):
         "Boxes in original pixels, one row per box (see `fastcam.boxes.result_boxes`); options not given are the box recipe's when a tuned learner made the maps, else `cam_boxes`' defaults"
         from fastcam.boxes import result_boxes
+        from fastcam.tune import box_options
         opts = {k: v for k,v in (self.recipe or {}).items() if k in ('mode', 'threshold', 'grad_threshold', 'min_area', 'topk')}
-        if mode is not None: opts['mode'] = mode
-        return result_boxes(self, **{**opts, **kwargs})
+        return result_boxes(self, **{**box_options(opts, mode=mode, threshold=kwargs.pop('threshold', None)), **kwargs})   # a mode given without a threshold takes its own
     def original_maps(self, i:int, **kwargs):
         "The maps `[T,H,W]` of item `i` in its original pixels (see `fastcam.boxes.result_original_maps`)"
         from fastcam.boxes import result_original_maps

@@ -16,21 +16,30 @@ from .core import learner_cam, fuse_cams, trace_modules, auto_layer, find_layer,
 from .metrics import (as_boxes, box_iou, pointing_hits, max_box_acc_v2, read_boxes_csv, read_coco, read_rle_csv, mask_to_boxes, _gt_for, _gt_key, _one_item_per_key, _is_mask)
 
 # %% auto #0
-__all__ = ['default_recipe', 'box_modes', 'tune_metrics', 'check_recipe', 'recipe_path', 'save_recipe', 'load_recipe',
-           'learner_recipe', 'recipe_args', 'layer_candidates', 'read_truth', 'coco_ap50', 'recipe_table',
-           'sort_recipes', 'table_recipe', 'tune_files', 'run_recipe']
+__all__ = ['mode_thresholds', 'default_recipe', 'box_modes', 'tune_metrics', 'box_options', 'check_recipe', 'recipe_path',
+           'save_recipe', 'load_recipe', 'learner_recipe', 'recipe_args', 'layer_candidates', 'read_truth', 'coco_ap50',
+           'recipe_table', 'sort_recipes', 'table_recipe', 'tune_files', 'run_recipe']
 
 # %% ../nbs/13_tune.ipynb #25b6c37d
-default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=0.8, grad_threshold=0.2, min_area=16, topk=1)   # threshold: bench/results/localization.md (small CNNs, 96 px); grad_threshold: the better of 0.2/0.3 at both of its scales (13_tune)
+mode_thresholds = dict(threshold=0.8, gradient=0.7)   # each box mode's region threshold when none is given: 'threshold' bench/results/localization.md (small CNNs, 96 px); 'gradient' the best worst case over both scales (13_tune)
+default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=mode_thresholds['threshold'], grad_threshold=0.2, min_area=16, topk=1)   # grad_threshold: the better of 0.2/0.3 at both of its scales (13_tune)
 _recipe_keys = tuple(default_recipe)
 box_modes = ('threshold', 'peak', 'gradient')   # how a map becomes boxes: `fastcam.boxes.cam_boxes`
+
+def box_options(base:dict, **given) -> dict:
+    "`base`'s options with those `given` (not None) instead; a threshold belongs to its box mode: a mode given without a threshold, other than `base`'s, takes that mode's own (`mode_thresholds`)"
+    out = {**base, **{k: v for k,v in given.items() if v is not None}}
+    m = given.get('mode')
+    if m is not None and m!=base.get('mode') and given.get('threshold') is None and m in mode_thresholds: out['threshold'] = mode_thresholds[m]
+    return out
 
 def check_recipe(r:dict) -> dict:
     "`r` completed with the defaults, after checking its keys and values; raises a one-line error naming the bad one"
     if not isinstance(r, dict): raise TypeError(f"a box recipe is a dict with keys {', '.join(_recipe_keys)}, not {type(r).__name__}")
     bad = [k for k in r if k not in _recipe_keys and k not in ('metric', 'scores', 'n_items', 'n_boxes', 'source')]
     if bad: raise ValueError(f"unknown box recipe key(s) {bad}: use {', '.join(_recipe_keys)}")
-    r = {**default_recipe, **r}
+    given,r = r,{**default_recipe, **r}
+    if 'threshold' not in given and r['mode'] in mode_thresholds: r['threshold'] = mode_thresholds[r['mode']]   # a threshold belongs to its box mode
     if r['mode'] not in box_modes: raise ValueError(f"box recipe mode '{r['mode']}': use {', '.join(map(repr, box_modes))}")
     for k in ('threshold', 'grad_threshold'):
         if not 0 <= float(r[k]) <= 1: raise ValueError(f"box recipe {k} {r[k]} is outside 0..1")
@@ -65,8 +74,8 @@ def learner_recipe(learn) -> dict:
     return {'source': 'learner', **check_recipe(r)} if r else dict(default_recipe, source='default_recipe')
 
 def recipe_args(learn, **given) -> dict:
-    "What to box with, option by option: the option `given` (not None) > the learner's recipe (`learner_recipe`) > `default_recipe`"
-    return {**learner_recipe(learn), **{k: v for k,v in given.items() if v is not None}}
+    "What to box with, option by option: the option `given` (not None) > the learner's recipe (`learner_recipe`) > `default_recipe`; a box mode given without a threshold, other than the recipe's, takes its own (`box_options`)"
+    return box_options(learner_recipe(learn), **given)
 
 @patch
 def use_recipe(self:Learner, recipe=None):

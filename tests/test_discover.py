@@ -37,4 +37,5 @@ def test_help_shows_parameters_and_meanings():
     for p in ("threshold: For 'threshold' and 'gradient': fraction of the maximum", 'grad_threshold: ', 'min_area: ', 'topk: ', 'geometry: '): assert p in box_doc, p
     sig = inspect.signature(CamResult.boxes).parameters
     from fastcam.tune import default_recipe
-    assert sig['threshold'].default == default_recipe['threshold'] == 0.8 and sig['min_area'].default == 16 and 'kwargs' not in sig
+    assert sig['threshold'].default is None and default_recipe['threshold'] == 0.8 and sig['min_area'].default == 16 and 'kwargs' not in sig
+    assert "None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient')" in box_doc

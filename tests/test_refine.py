@@ -156,3 +156,46 @@ def test_fastcam_run_gradient_mode(squares, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "fastcam run: --mode must be 'threshold', 'peak' or 'gradient', not 'grad'"
     assert main(['tune', str(tmp_path/'model.pkl'), str(root), '--truth', str(root/'boxes.csv'), '--trust', '--modes', 'threshold,grad']) == 2
     assert capsys.readouterr().err.strip() == "fastcam tune: --modes 'threshold,grad': use threshold and/or gradient, separated by commas"
+
+# A threshold belongs to its box mode
+
+def _ramp_result(recipe=None):
+    "A hand-made result: one 10x10 map rising by columns (x/9), an input gradient of 1 everywhere (the gradient box is its whole region), prob 0.9"
+    from fastcam.core import CamResult
+    m = (torch.arange(10.)/9).expand(10, 10)[None, None].clone()
+    return CamResult(m, torch.tensor([[1]]), torch.tensor([[0.1, 0.9]]), vocab=['neg', 'pos'], input_size=(10, 10), orig_sizes=[(10, 10)],
+                     input_grad=torch.ones(1, 1, 10, 10), recipe=recipe)
+
+def _box(df): return df[['x0', 'y0', 'x1', 'y1']].to_numpy(np.int64).tolist()
+
+def test_a_mode_asked_for_alone_boxes_at_its_own_threshold():
+    "Known answer (columns x/9 >= t are x >= 9t): 'gradient' alone boxes at 0.7 (columns 7-9), the plain regions at 0.8 (8-9); a recipe's threshold stays with its own mode"
+    from fastcam.tune import default_recipe
+    res = _ramp_result()
+    assert _box(res.boxes()) == _box(res.boxes(mode='threshold')) == [[8, 0, 10, 10]]
+    assert _box(res.boxes(mode='gradient')) == [[7, 0, 10, 10]]
+    assert _box(res.boxes(mode='gradient', threshold=0.8)) == [[8, 0, 10, 10]]
+    plain = _ramp_result(dict(default_recipe, threshold=0.5))          # tuned for the plain regions: columns 5-9
+    assert _box(plain.boxes()) == [[5, 0, 10, 10]] and _box(plain.boxes(mode='gradient')) == [[7, 0, 10, 10]]
+    grad = _ramp_result(dict(default_recipe, mode='gradient', threshold=0.6))   # tuned for the gradient mode: columns 6-9, asked for or not
+    assert _box(grad.boxes()) == _box(grad.boxes(mode='gradient')) == [[6, 0, 10, 10]] and _box(grad.boxes(mode='threshold')) == [[8, 0, 10, 10]]
+
+def test_a_mode_given_alone_takes_its_threshold_in_recipes_and_runs(squares, tmp_path):
+    "learn.use_recipe(dict(mode='gradient')) and `fastcam run --mode gradient` box at the mode's 0.7; beside a plain recipe at 0.5, --mode gradient does too, and the plain mode keeps 0.5"
+    from fastcam.cli import main
+    from fastcam.tune import learner_recipe, recipe_args, save_recipe
+    root,df,bx,learn = squares
+    try:
+        assert learner_recipe(learn.use_recipe(dict(mode='gradient')))['threshold'] == 0.7
+        learn.use_recipe(dict(threshold=0.5))
+        assert recipe_args(learn, mode='gradient')['threshold'] == 0.7 and recipe_args(learn, mode='threshold')['threshold'] == 0.5
+        assert recipe_args(learn, mode='gradient', threshold=0.4)['threshold'] == 0.4
+    finally: learn.use_recipe(None)
+    learn.export(tmp_path/'model.pkl')
+    run = lambda out, *o: main(['run', str(tmp_path/'model.pkl'), str(root/bx.file[0]), '--trust', '--target', 'pos', '--layer', 'blocks',
+                                '--min-prob', '0', '--out', str(out), '--no-progress', *o])
+    opts = lambda out: json.loads((out/'run.json').read_text())['options']
+    assert run(tmp_path/'g', '--mode', 'gradient') == 0 and opts(tmp_path/'g')['threshold'] == 0.7
+    save_recipe(dict(layer='blocks', threshold=0.5), tmp_path/'model.pkl')
+    assert run(tmp_path/'r', '--mode', 'gradient') == 0 and opts(tmp_path/'r')['threshold'] == 0.7
+    assert run(tmp_path/'p') == 0 and (opts(tmp_path/'p')['mode'], opts(tmp_path/'p')['threshold']) == ('threshold', 0.5)
