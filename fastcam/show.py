@@ -171,18 +171,19 @@ def _sanity(res):
 def get_cmaps(item, # A DICOM or image file, a PIL image/PILDicom, or a preprocessed tensor [C,H,W]
               dls, # The `DataLoaders` whose validation preprocessing the model expects
               learn, # The `Learner`
-              layer=None, # The layer to explain (see `find_layer`)
+              layer=None, # The layer(s) to explain (see `find_layer`; several: their fused map); None: the box recipe's (untuned: the last spatial one)
               sanity:bool=False, # Print the predicted class, its index and the probabilities
               show_maps:bool=True, # Draw every target's map at layer resolution
               show_cmap:bool=True, # Draw the image at original resolution with the first target's map over it
               target='all', # Which classes: 'all' (predicted first), None (predicted), an int or a class name
-              method='gradcam', # A method name from `fastcam.methods.methods`
+              method=None, # A method name from `fastcam.methods.methods`; None: the box recipe's ('gradcam' untuned)
               window=None, # DICOM window: None (the file's), `(width, level)` or a `dicom_windows` name
-              tta:bool=False, # Average each map with its mirror image's (see `cam`)
+              tta:bool=None, # Average each map with its mirror image's (see `cam`); None: the box recipe's (off untuned)
               stability:bool=False, # Also measure the map's agreement under a flip and a shift (`res.stability`; titles say 'unstable map' when low)
               figsize=None, **show_kwargs) -> CamResult: # alpha, cmap, interpolation, merge for the overlay
-    "Class activation maps of `item`, every class by default; optionally printed and drawn"
-    res = explain_item(item, dls, learn, layer, target, method, tta=tta, stability=stability)
+    "Class activation maps of `item`, every class by default; optionally printed and drawn. Layer, method and tta left None are the learner's box recipe's (`fastcam.tune.recipe_args`), so a tuned learner shows the maps its boxes come from"
+    r = recipe_args(learn, layer=layer, method=method, tta=tta)
+    res = explain_item(item, dls, learn, r['layer'], target, r['method'], tta=r['tta'], stability=stability)
     if sanity: _sanity(res)
     if show_maps:
         T = res.targets.shape[1]

@@ -193,6 +193,12 @@ def test_get_boxes_and_get_cmaps_with_several_layers_use_the_fused_map(learn, dl
     lb = get_boxes(item, dls, learn, layer=layers, show_img=False, min_prob=0.)   # an untrained model: no gate
     assert lb.bbox.tolist() == [[r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]]]
     assert list(lb.lbl) == [dls.vocab[cls]]
+    learn.use_recipe(dict(layer=layers))   # a tuned learner: get_cmaps shows the maps its boxes come from, with no layer given
+    try:
+        tuned = get_cmaps(item, dls, learn, show_maps=False, show_cmap=False, target=None)
+        assert tuned.layer == 'fused' and get_boxes(item, dls, learn, show_img=False, min_prob=0.).bbox.tolist() == lb.bbox.tolist()
+        torch.testing.assert_close(tuned.maps[0, 0], fused, atol=1e-5, rtol=1e-4)
+    finally: learn.use_recipe(None)
 
 def test_tta_averages_the_normalised_maps_of_the_item_and_its_mirror(learn, xb):
     "tta=True: the book's Grad-CAM of each item and of its mirror (for the item's predicted class), ReLU, min-max, the mirror's flipped back, averaged"
