@@ -12,7 +12,7 @@ import numpy as np, pandas as pd
 
 # %% auto #0
 __all__ = ['current_umask', 'atomic_write', 'sync_disk', 'atomic_savefig', 'record_json', 'load_record', 'read_records',
-           'boxes_table', 'errors_table', 'csv_safe', 'coco_results', 'report_html', 'write_outputs']
+           'boxes_table', 'errors_table', 'csv_safe', 'coco_results', 'score_note', 'report_html', 'write_outputs']
 
 # %% ../nbs/10_report.ipynb #14d20abc
 def current_umask() -> int:
@@ -216,6 +216,16 @@ def _run_section(info) -> str:
     return (f"<h2 id='run'>Run</h2>{brief}<details><summary>all run metadata ({len(rows)} entries: versions, command line, ...)</summary>"
             + _table(rows, ['what', 'value'], 'run') + "</details>")
 
+# %% ../nbs/10_report.ipynb #d5c0e7a1
+def score_note(info:dict=None) -> str:
+    "What a box's `score` means in this run (model-confirmed with --confirm, else the map's), in one or two sentences for the report"
+    opts = (info or {}).get('options') or {}
+    how = ("the class probability times the model's evidence for the box (--confirm): the mean of the share of the probability the box alone keeps and the share lost when the box is blurred away"
+           if opts.get('confirm') else
+           "the class probability for the map's main region, and a fraction of it for a weaker region of the same map (its mass over the main region's)")
+    return (f"A box's score is {how}; for a target with no probability, the box's share of the map's mass. "
+            "It ranks boxes, within an image and across images; it is not the chance that a box is right (see fastcam's bench/results/box_scores.md).")
+
 # %% ../nbs/10_report.ipynb #aa724ddb
 def _class_section(ok, low_prob) -> str:
     "Files per class: as the model's prediction and as the explained target, with how many of them got a box, and how many predictions are unsure"
@@ -320,7 +330,7 @@ def report_html(records:list, title:str='fastcam report',
     et = errors_table(records)   # failed files, and files whose DICOM outputs weren't written
     if len(et): parts.append("<h2 id='errors'>Errors</h2>" + _table(et.values.tolist(), ['file', 'error']))
     parts.append("<h2 id='gallery'>Gallery</h2><p class='note'>Each picture: the image (grayscale in bone) with the map over it, its opacity rising with the map's value "
-                 "(0 to 1, see the colorbar), hatched where the model never saw the image, and the boxes with their scores (true boxes in white).</p>")
+                 "(0 to 1, see the colorbar), hatched where the model never saw the image, and the boxes with their scores (true boxes in white). " + score_note(info) + "</p>")
     parts.append(_controls(ok, bool(per), any('unstable' in r for r in ok)) + "<div class='g' id='g'>" + ''.join(_card(r, per, low_prob) for r in ok) + "</div></main></body></html>")
     return '\n'.join(parts)
 

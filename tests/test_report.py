@@ -104,6 +104,16 @@ def test_report_structure(report):
     assert sorted(c['data-file'] for c in cards) == sorted(r['file'] for r in ok)
     np.testing.assert_allclose([float(c['data-p']) for c in cards], sorted((r['prob'] for r in ok), reverse=True), atol=1e-6)   # highest first
 
+def test_the_report_says_what_a_box_score_is(report, tmp_path):
+    "The gallery's note defines the number drawn on every box: the map's scoring, or the model's evidence in a --confirm run; and that it is no chance of being right"
+    out, path, recs, truth = report
+    text = ' '.join(' '.join(_parse(path).text).split())
+    assert "A box's score is the class probability for the map's main region" in text and 'it is not the chance that a box is right' in text
+    assert 'blurred away' not in text
+    conf = write_outputs(tmp_path, recs, VOCAB, info={**INFO, 'options': {**INFO['options'], 'confirm': True}})['report']
+    text = ' '.join(' '.join(_parse(conf).text).split())
+    assert "A box's score is the class probability times the model's evidence for the box (--confirm)" in text and 'blurred away' in text
+
 def _visible(b):
     return b.eval("[...document.querySelectorAll('#g figure')].filter(c=>!c.hidden&&c.offsetParent!==null).map(c=>c.dataset.file)")
 
