@@ -17,6 +17,10 @@ one image segment inside the map's top region:
 - the box is that segment's box; a segment over a quarter of the image (the background) falls back to the gradient
   mode's box (`refine_region`, grad_threshold 0.2).
 
+A simulation of the tune step with it among the choices: on 24 positives of a run drawn at random (50 draws), the best
+of the default box, the gradient box and the rule's pick, and what that choice boxes on the run's other positives.
+And a known-answer probe without a model: a bright square on a flat image, with and without blur and noise.
+
 Baselines on the same files: the default box (`fastcam.tune.default_recipe`: the map's region at 0.8) and the gradient
 mode at its own thresholds (0.7, 0.2). BoxAcc@0.5 of the top box on each run's validation positives, Grad-CAM at the
 last stage, no tta; the models and data of `bench/localization.py` at both scales (run `bench/localization.py` and
@@ -111,12 +115,48 @@ def one(scale, name, seed):
             seg = labels_to_original(segs[k][i], hw, r.geometry)
             for how in ('peak', 'best'): hits[f'{how} segment k={k}'].append(hit(segment_box(regs[0], s, seg, how, gb)))
     return dict(scale=scale, domain=name, seed=seed, accuracy=info['accuracy'], positives=len(files), t_cam=t_cam, t_seg=t_seg,
-                **{v: float(np.mean(h)) for v,h in hits.items()})
+                **{v: float(np.mean(h)) for v,h in hits.items()}, per_file={v: [bool(x) for x in h] for v,h in hits.items()})
+
+def tune_choice(rows, pick, n=24, reps=50, seed=0) -> list:
+    "Markdown lines: a tune step that, on `n` labelled positives drawn at random from a run's, picks the best of the default box, the gradient box and `pick` (ties to the simpler), and what it then boxes on the run's other positives"
+    rng,vs = np.random.default_rng(seed),[VARIANTS[0], VARIANTS[1], pick]
+    out = ["| domain | 96 px: reaches | chose (default / gradient / segment) | 192 px: reaches | chose |", "|---|---|---|---|---|"]
+    for name in dict.fromkeys(r['domain'] for r in rows):
+        cells = []
+        for sc in (1, 2):
+            got,chose = [],[]
+            for r in (r for r in rows if r['domain']==name and r['scale']==sc and r['accuracy'] >= L.FULL['min_acc']):
+                h = {v: np.array(r['per_file'][v]) for v in vs}
+                for _ in range(reps):
+                    idx = rng.permutation(len(h[vs[0]])); a,b = idx[:n],idx[n:]
+                    best = max(vs, key=lambda v: (h[v][a].mean(), -vs.index(v)))
+                    got.append(h[best][b].mean()); chose.append(vs.index(best))
+            cells += [ms(got), ' / '.join(str(chose.count(k)) for k in range(3))]
+        out.append(f"| {name}{' (held out)' if name==L.HELD_OUT else ''} | " + " | ".join(cells) + " |")
+    return out
+
+def rim_probe() -> list:
+    "Markdown lines: the best segment's box on a 16x16 square (in a 40x40 image, the map's region wider than it), flat or blurred, with and without noise"
+    from scipy.ndimage import gaussian_filter
+    from skimage.measure import regionprops, label
+    from fastcam.metrics import box_iou
+    rng,reg = np.random.default_rng(0),regionprops(label(np.pad(np.ones((26, 28), int), ((4, 10), (6, 6)))))[0]
+    sal = np.zeros((40, 40)); sal[12:20, 16:24] = 1.
+    out = ["| noise sd | blur sigma 0 | 1 | 2 |", "|---|---|---|---|"]
+    for noise in (0, 0.05, 0.1):
+        cells = []
+        for sig in (0, 1, 2):
+            im = np.zeros((40, 40)); im[8:24, 12:28] = 1.
+            im = (gaussian_filter(im, sig) if sig else im) + noise*rng.standard_normal(im.shape)
+            b = segment_box(reg, sal, input_segments(torch.tensor(im)[None, None].float(), 100)[0], 'best', None)
+            cells.append(f"{box_iou(torch.tensor([b]).float(), torch.tensor([[12., 8, 28, 24]])).item():.2f}")
+        out.append(f"| {noise:g} | " + " | ".join(cells) + " |")
+    return out
 
 def ms(v): v = pd.Series(v, dtype=float); return f"{100*v.mean():.0f} +- {100*v.std(ddof=0):.0f}"
 
 def report(rows, secs):
-    d = pd.DataFrame(rows)
+    d = pd.DataFrame([{k: v for k,v in r.items() if k!='per_file'} for r in rows])
     d = d[d.accuracy >= L.FULL['min_acc']]
     tr,ho = d[d.domain!=L.HELD_OUT],d[d.domain==L.HELD_OUT]
     worst = {v: min(tr[tr.scale==s][v].mean() for s in (1, 2)) for v in VARIANTS[2:]}
@@ -136,6 +176,11 @@ def report(rows, secs):
         out.append(f"| {name}{' (held out)' if name==L.HELD_OUT else ''} | " + " | ".join(' / '.join(ms(x[x.scale==s][v]) for s in (1, 2)) for v in (VARIANTS[0], VARIANTS[1], pick)) + " |")
     out += ["", f"Cost: the segmentation of one model input takes {1000*d.t_seg.sum()/d.positives.sum():.1f} ms on one CPU thread, against "
             f"{1000*d.t_cam.sum()/d.positives.sum():.1f} ms of the Grad-CAM call with the input gradient (the same files, same process)."]
+    out += ["", f"With the pick among a tune step's choices (a simulation on the same hits, not `learn.tune_boxes`): on 24 labelled positives drawn at random "
+            f"(50 draws a run), the best of the default box, the gradient box and {pick}, and its BoxAcc on the run's other positives, %:", ""] + tune_choice(rows, pick)
+    out += ["", "A known-answer probe (no model): IoU of the best segment's box with a bright 16x16 square on a flat image, the map's "
+            "region wider than the square and the saliency inside it; the square's edge, blurred or not, can be a segment of its own, "
+            "so on clean images the box is the square's core (k=100):", ""] + rim_probe()
     return '\n'.join(out) + '\n'
 
 def picture(out, scale=1, name=None, seed=0, k=100, n=8):   # k: the rule's pick in segment_boxes.md
