@@ -122,10 +122,10 @@ def tuned_from_rows(all_rows, cfg):
     return pd.concat(res)
 
 def _key(df):
-    "'method @ layer tta=False t=0.8', or '... gradient t=0.3 u=0.2' for a gradient-narrowed box (rows of runs from before the modes: 'threshold')"
+    "'method @ layer tta=False t=0.8', or '... gradient t=0.3 u=0.2' for a gradient-narrowed box, '... segment t=0.7' for a segment box (rows of runs from before the modes: 'threshold')"
     mode = df['mode'] if 'mode' in df else pd.Series('threshold', index=df.index)
     u = df['grad_threshold'] if 'grad_threshold' in df else pd.Series(np.nan, index=df.index)
-    box = [f' gradient t={t:.1f} u={v:.1f}' if m=='gradient' else f' t={t:.1f}' for m,t,v in zip(mode, df['threshold'], u)]
+    box = [f' gradient t={t:.1f} u={v:.1f}' if m=='gradient' else f' segment t={t:.1f}' if m=='segment' else f' t={t:.1f}' for m,t,v in zip(mode, df['threshold'], u)]
     return df['method'] + ' @ ' + df['layer'].map(str) + ' tta=' + df['tta'].map(str) + pd.Series(box, index=df.index)
 
 def _row_of(table, r):
@@ -161,11 +161,13 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
     winner = order.index[0]   # the table's best recipe over the tuning domains, every layer and tta
     fixed = tr[(tr.method=='gradcam') & (tr.layer.map(str)=='stage:-1') & (~tr.tta.astype(bool))]   # the defaults' layer and tta are fixed beforehand (see DEFAULTS)
     fixed_order = fixed.groupby('key')[METRICS].mean().sort_values(['box_acc', 'pointing', 'max_box_acc_v2'], ascending=False).index
-    best = next(k for k in fixed_order if ' gradient ' not in k)          # the defaults box with the map's own regions (see DEFAULTS)
+    best = next(k for k in fixed_order if ' gradient ' not in k and ' segment ' not in k)   # the defaults box with the map's own regions (see DEFAULTS)
     other = next((k for k in fixed_order if ' gradient ' in k), None)     # the same rule among gradient-narrowed boxes, for comparison
+    seg = next((k for k in fixed_order if ' segment ' in k), None)        # and among segment boxes
     old = _key(pd.DataFrame([dict(method='gradcam', layer='stage:-1', tta=False, threshold=0.7)])).iloc[0]
     dflt = _key(pd.DataFrame([dict(default_recipe, layer='stage:-1')])).iloc[0]   # fastcam's defaults as they are (chosen at scale 1)
-    extra = ([] if dflt==best else [('fastcam default_recipe', dflt)]) + ([] if other is None else [("best gradient box at the defaults' layer, not the default", other)])
+    extra = ([] if dflt==best else [('fastcam default_recipe', dflt)]) + ([] if other is None else [("best gradient box at the defaults' layer, not the default", other)]) + \
+            ([] if seg is None else [("best segment box at the defaults' layer, not the default", seg)])
     chosen = tr[tr.key==best].iloc[0]
     sc = cfg['scale']
     L = [f"# Localization across synthetic domains ({'quick' if cfg.get('quick') else 'full'} run{f', images and input x{sc:g}' if sc!=1 else ''})", '',
@@ -173,7 +175,8 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
          f"{cfg['n']} DICOMs per domain (30 % validation), small XResNet from scratch, {cfg['epochs']} epochs, {96*sc:g} px squish; " +
          (f"{a_jobs} processes of one torch thread; {secs/60:.1f} min in all; models cached in bench/.cache/" + _train_times(infos) + "." if secs==secs else "this report was made again from the run's CSV (`--from-csv`), the tune step redone on the cached models."), '',
          f"Grid: methods {', '.join(cfg['methods'])}; tta {', '.join(map(str, cfg['tta']))}; layers: `layer_candidates` of the stage ends; "
-         f"box modes 'threshold' at {', '.join(map(str, cfg['thresholds']))} and 'gradient' at those x input-gradient thresholds {', '.join(map(str, cfg['grad_thresholds']))}.", '',
+         f"box modes 'threshold' at {', '.join(map(str, cfg['thresholds']))}, 'gradient' at those x input-gradient thresholds {', '.join(map(str, cfg['grad_thresholds']))}"
+         f"{' and segment at those thresholds' if (all_rows['mode']=='segment').any() else ''}.", '',
          f"Domains (`make_dicom_set` options on top of size {domain_opts(tune_doms[0], sc)['size']}, contrast (0.15, 0.25)):", '']
     L += [f"- `{d}`{' (HELD OUT)' if d==HELD_OUT else ''}: {({**DOMAINS[d], 'size': domain_opts(d, sc)['size']} if 'size' in DOMAINS[d] else DOMAINS[d])}; accuracy {ms([i['accuracy'] for i in infos if i['domain']==d])} %" for d in cfg['domains']]
     L += ['', f"Runs whose model did not learn the task (validation accuracy < {MIN_ACC}) are left out of every line below: a map of a model that does not see the lesion says nothing about a box recipe. Left out: {', '.join(skipped) or 'none'}.",
@@ -201,7 +204,7 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
         L.append(summary_line(f"oracle: best recipe on the held-out validation itself ({hb})", ho[ho.key==hb]))
     mode = chosen.get('mode', 'threshold')
     return '\n'.join(L) + '\n', dict(method=chosen['method'], layer=chosen['layer'], tta=bool(chosen['tta']), mode=mode, threshold=float(chosen['threshold']),
-                                     **({'grad_threshold': float(chosen['grad_threshold'])} if mode=='gradient' else {}))
+                                     **({'grad_threshold': float(chosen['grad_threshold'])} if mode in ('gradient', 'segment') else {}))
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -23,7 +23,7 @@ from fastai.vision.core import TensorBBox, LabeledBBox
 from fastai.vision.augment import (Resize, ResizeMethod, RandomResizedCrop, CropPad, RandomCrop, OldRandomCrop, RatioResize,
                                    AffineCoordTfm, RandomResizedCropGPU, SpaceTfm, RandomErasing)
 from .core import CamResult, normalize_maps, upsample_maps, with_param_docs
-from .tune import default_recipe, box_modes, mode_thresholds   # the box defaults live in one place (fastcam.tune imports no boxes module at its top)
+from .tune import default_recipe, box_modes, input_modes, mode_thresholds   # the box defaults live in one place (fastcam.tune imports no boxes module at its top)
 
 # %% auto #0
 __all__ = ['MIN_PROB', 'InputGeometry', 'input_geometry', 'maps_to_original', 'cell_to_original', 'peak_boxes', 'check_threshold',
@@ -355,26 +355,27 @@ def _no_box(b, t, c, name, p, reason): return (b, t, c, name, p, None, None, Non
 def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
               orig_sizes, # `(H, W)` of the original images: one for all, or one per item
               geometry=None, # Anything `input_geometry` takes (usually the `DataLoaders`)
-              mode:str=default_recipe['mode'], # 'threshold' (connected regions), 'peak' (the highest cell) or 'gradient' (each region narrowed by the input gradient, `fastcam.refine`)
-              threshold:float=None, # For 'threshold' and 'gradient': fraction of the maximum; None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient')
-              grad_threshold:float=default_recipe['grad_threshold'], # For 'gradient': fraction of the input gradient's maximum inside each region
+              mode:str=default_recipe['mode'], # 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (each region narrowed by the input gradient) or 'segment' (each region's image segment the input gradient points to; both `fastcam.refine`)
+              threshold:float=None, # For 'threshold' and 'gradient': fraction of the maximum; None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient' and 'segment')
+              grad_threshold:float=default_recipe['grad_threshold'], # For 'gradient' (and 'segment' where a region's segment is background): fraction of the input gradient's maximum inside each region
               min_area:int=default_recipe['min_area'], # For 'threshold' and 'gradient': smallest region in original pixels
               topk:int=None, # For 'threshold' and 'gradient': best boxes kept per map (None: every region; a box recipe keeps its `topk`)
               score:str='max', # For 'threshold' and 'gradient': how regions are ordered before `topk`: 'max', 'mean' or 'mass' of the normalised map
               relu:bool=True, # ReLU before normalising the maps
               fill:float=0., # Value of unseen original pixels
               original=None, # The maps already in original pixels, one `[T, H, W]` per item (`res.original_maps(i)`), not computed again
-              saliency=None, # For 'gradient': the input saliency already in original pixels, one `[T, H, W]` per item (`fastcam.refine.original_saliency`)
+              saliency=None, # For 'gradient' and 'segment': the input saliency already in original pixels, one `[T, H, W]` per item (`fastcam.refine.original_saliency`)
+              segments=None, # For 'segment': the model input's segments already in original pixels, one `[H, W]` per item (`fastcam.refine.original_segments`)
               min_prob:float=MIN_PROB, # No box for a target whose probability is below this (a 'below min_prob' row instead)
               confirm:bool=False, # Let the model choose among candidate regions and score them (`fastcam.confirm`)
               xb:Tensor=None, # With `confirm`: the input batch the maps were computed on
               model=None) -> pd.DataFrame: # With `confirm`: the classifier (default: `res.model`)
     "The boxes table of `res` in original pixels: item, target, class, label, prob, x0, y0, x1, y1, score, reason (one row per box or per target without one)"
-    if mode not in box_modes: raise ValueError(f"unknown mode '{mode}': use 'threshold', 'peak' or 'gradient'")
+    if mode not in box_modes: raise ValueError(f"unknown mode '{mode}': use {', '.join(map(repr, box_modes[:-1]))} or {box_modes[-1]!r}")
     threshold = mode_thresholds.get(mode, default_recipe['threshold']) if threshold is None else threshold
-    if mode=='gradient':
-        from fastcam.refine import check_gradient_mode, gradient_boxes, original_saliency
-        check_gradient_mode(res, grad_threshold)
+    if mode in input_modes:
+        from fastcam.refine import check_gradient_mode, check_segment_mode, gradient_boxes, segment_boxes, original_saliency, original_segments, input_segments
+        (check_segment_mode if mode=='segment' else check_gradient_mode)(res, grad_threshold)
     model = model if model is not None else res.model
     if confirm and len(res) and res.probs.isnan().all():
         raise ValueError(f"confirm=True weighs regions by the class's probability, but target '{res.target_names[0][0]}' is a score with no probability; leave confirm off (its boxes are scored by the map's evidence)")
@@ -386,13 +387,15 @@ def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
     for b,hw in enumerate(sizes):
         _check_input_size(g, hw, res.input_size)
         mo = maps_to_original(normalize_maps(res.maps[b], relu), hw, g, fill) if original is None else original[b]
-        if mode=='gradient': sal = original_saliency(res.input_grad[b], hw, g) if saliency is None else saliency[b]   # every target of the item at once
+        if mode in input_modes: sal = original_saliency(res.input_grad[b], hw, g) if saliency is None else saliency[b]   # every target of the item at once
+        if mode=='segment': seg = original_segments(input_segments(res.input_image[b]), hw, g) if segments is None else segments[b]
         for t,c in enumerate(res.targets[b].tolist()):
             if c < 0: continue
             p = float(res.probs[b,c])
             if p < min_prob: rows.append(_no_box(b, t, c, names[b][t], p, 'below min_prob')); continue   # NaN (a score target: no probability) is never below
             if mode=='peak': bx,_ = peak_boxes(res.maps[b,t], hw, g, relu)
             elif mode=='gradient': bx = gradient_boxes(mo[t], sal[t], threshold, grad_threshold, min_area, score)
+            elif mode=='segment': bx = segment_boxes(mo[t], sal[t], seg, threshold, grad_threshold, min_area, score)
             else: bx,_ = threshold_boxes(mo[t], threshold, min_area, None, score, relu=False)
             ev = box_evidence(mo[t], bx, p)
             bx,ev = bx[:topk],ev[:topk]

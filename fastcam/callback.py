@@ -15,7 +15,7 @@ from fastai.callback.core import Callback
 from fasttransform import Transform
 from fastai.learner import Learner
 from fastai.torch_core import to_detach
-from .tune import recipe_args
+from .tune import recipe_args, input_modes
 from .core import CamSession, CamResult, cam_result, needs_grad, learner_cam, several_layers, fuse_cams, with_stability, _vocab, _learner_multi_label, _learner_target, _first_tensor
 
 # %% auto #0
@@ -145,7 +145,7 @@ def get_cams(self:Learner, dl=None,
              **box_kwargs): # Passed to `CamResult.boxes` (mode, threshold, min_area, topk, orig_sizes, min_prob, confirm); a tuned learner's recipe gives those not passed
     "Maps of every item of `dl` (default: the validation set) through `get_preds` with a `GradCAMCallback`; with `with_boxes`, `(maps, boxes)`. As `learn.cam`, options left None are the learner's box recipe's (`fastcam.tune.recipe_args`), except `tta`: the callback explains the batches `get_preds` sees"
     r = recipe_args(self, layer=layer, method=method)
-    cb = GradCAMCallback(layer=r['layer'], target=target, method=r['method'], stability=stability, input_grad='gradient' in (r['mode'], box_kwargs.get('mode')))
+    cb = GradCAMCallback(layer=r['layer'], target=target, method=r['method'], stability=stability, input_grad=any(m in input_modes for m in (r['mode'], box_kwargs.get('mode'))))
     self.get_preds(dl=dl, cbs=cb)
     res = cb.cams if r['source']=='default_recipe' else cb.cams._with(recipe=r)
     return (res, res.boxes(**{'dls': self.dls, **box_kwargs})) if with_boxes else res

@@ -23,7 +23,7 @@ from .methods import small_xresnet, gap_linear_learner  # public in fastcam.meth
 from .boxes import MIN_PROB
 from .items import is_dicom, ItemError, DicomBlock, DicomOpen, decode_item
 from .boxes import check_threshold
-from .tune import run_recipe, tune_files, load_recipe, tune_metrics, box_modes, box_options
+from .tune import run_recipe, tune_files, load_recipe, tune_metrics, box_modes, box_options, input_modes, tune_modes
 from .report import atomic_write, sync_disk, write_outputs, csv_safe, record_json, load_record
 from .truth import Truth, evaluate_run, coco_results_list
 from .runs import (scan_inputs, lock_out, clean_temporaries, run_options, run_info, model_identity, save_run_info, resume_conflict,
@@ -221,11 +221,11 @@ _Job = namedtuple('_Job', 'read map title boxes raw rec vocab truth', defaults=(
 def _explain_batch(learn, batch, cfg) -> list:
     "Explain `batch` (`_Read`s) in one batch: a `_Job` per file with its map in original pixels (computed once, for its boxes and its overlay), boxes and record"
     res = learner_cam(learn, [o.item for o in batch], cfg['layer'], cfg['target'], cfg['method'], bs=len(batch), fused=True, tta=cfg['tta'],
-                      stability=bool(cfg.get('stability')), input_grad=cfg['mode']=='gradient', **_engine_opts(cfg)).to('cpu')   # boxes, overlays and records work on the CPU
+                      stability=bool(cfg.get('stability')), input_grad=cfg['mode'] in input_modes, **_engine_opts(cfg)).to('cpu')   # boxes, overlays and records work on the CPU
     stable = _stability_fields(res)
     mos = work_maps(res)   # at most map_side pixels on the long side: bounded memory per file
     kw = dict(threshold=cfg['threshold'], min_area=cfg['min_area'], topk=cfg['topk'], original=mos) if cfg['mode']!='peak' else {}
-    if cfg['mode']=='gradient': kw['grad_threshold'] = cfg['grad_threshold']
+    if cfg['mode'] in input_modes: kw['grad_threshold'] = cfg['grad_threshold']
     if cfg.get('confirm'): kw.update(confirm=True, dls=learn.dls)
     boxes,reasons = [[] for _ in batch],['' for _ in batch]
     for r in work_boxes(res, mode=cfg['mode'], min_prob=cfg.get('min_prob', MIN_PROB), **kw).to_dict('records'):
@@ -403,8 +403,8 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         method:str=None, # CAM method: gradcam, gradcampp, xgradcam, hirescam, layercam, eigencam, scorecam, cam; default: the box recipe's (untuned: gradcam)
         target:str=None, # Class to explain: the predicted one (default), a class name or index; --target CLASS boxes that finding on the files where its probability reaches --min-prob; a learner trained with a regression loss explains 'increase' (default) or 'decrease' of its output
         bs:int=16, # Files per batch
-        mode:str=None, # Boxes: 'threshold' (connected regions), 'peak' (the highest cell) or 'gradient' (regions narrowed by the model's input gradient, fastcam.refine); default: the box recipe's (untuned: threshold)
-        threshold:float=None, # For 'threshold' and 'gradient': fraction of the map's maximum; default: the box recipe's, or with a --mode other than the recipe's that mode's own (untuned: 0.8; 0.7 with --mode gradient)
+        mode:str=None, # Boxes: 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (regions narrowed by the model's input gradient) or 'segment' (the image segment it points to in each region; both fastcam.refine); default: the box recipe's (untuned: threshold)
+        threshold:float=None, # For 'threshold' and 'gradient': fraction of the map's maximum; default: the box recipe's, or with a --mode other than the recipe's that mode's own (untuned: 0.8; 0.7 with --mode gradient or segment)
         grad_threshold:float=None, # For 'gradient': fraction of the input gradient's maximum inside a region; default: the box recipe's (untuned: 0.2)
         min_area:int=None, # For 'threshold' and 'gradient': smallest region in original pixels; default: the box recipe's (untuned: 16)
         topk:int=None, # Boxes kept per file; default: the box recipe's (untuned: 1)
@@ -436,7 +436,7 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
     paths = list(paths)
     learner,inputs = (None,paths) if weights else (paths[0] if paths else None,paths[1:])
     if not inputs: raise CliError("fastcam run: no INPUT given: name files or folders to explain after LEARNER")
-    if mode not in (None, *box_modes): raise CliError(f"fastcam run: --mode must be 'threshold', 'peak' or 'gradient', not '{mode}'")
+    if mode not in (None, *box_modes): raise CliError(f"fastcam run: --mode must be {', '.join(map(repr, box_modes[:-1]))} or {box_modes[-1]!r}, not '{mode}'")
     if tta and no_tta: raise CliError("fastcam run: --tta and --no-tta contradict each other; give one")
     engine = _engine_opts(dict(tokens=_tokens(tokens), grid=_grid(grid), output=_target(output)))   # only those given: other runs' options stay as they were
     if confirm and 'output' in engine: raise CliError(f"fastcam run: --confirm scores regions with the model's first output; it does not take --output {output} (leave one of them out)")
@@ -461,8 +461,8 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         cfg = dict(box_options({k: rec[k] for k in ('layer', 'method', 'mode', 'threshold', 'min_area', 'topk', 'tta')}, **given),   # a --mode without --threshold takes its own
                    target=_target(target), bs=bs, min_prob=min_prob, confirm=confirm, save_maps=save_maps, stability=stability, **engine, **_truth_opts(truth),
                    **_recipe_opts(rec))
-        if cfg['mode']=='gradient': cfg['grad_threshold'] = rec['grad_threshold'] if grad_threshold is None else grad_threshold   # only gradient runs have the key: other runs keep theirs
-        elif grad_threshold is not None: raise CliError(f"fastcam run: --grad-threshold is for --mode gradient, but this run boxes with mode '{cfg['mode']}'")
+        if cfg['mode'] in input_modes: cfg['grad_threshold'] = rec['grad_threshold'] if grad_threshold is None else grad_threshold   # only gradient and segment runs have the key: other runs keep theirs
+        elif grad_threshold is not None: raise CliError(f"fastcam run: --grad-threshold is for --mode gradient or segment, but this run boxes with mode '{cfg['mode']}'")
         try: cfg['dicom'] = dicom_config(dicom_codes, learn.model) if dicom_out or dicom_codes else None
         except (ImportError, ValueError) as e: raise CliError(f"fastcam run: --dicom-out: {e}")
         info = _begin(out, learn, files, cfg, force, model_identity(learn, learner, weights, arch, size), left_out, rank, world)
@@ -635,8 +635,8 @@ def tune(*paths:str, # LEARNER then the labelled INPUT files/folders (a few with
          target:str=None, # Class to box: the predicted one (default), a class name or index (the finding's)
          methods:str='gradcam,layercam,hirescam', # CAM methods to try, comma-separated
          layers:str=None, # Layer choices to try, separated by '|', each as --layer of fastcam run ('0.6|0.5;0.6'); default: the network's stage ends, alone and fused (fastcam.tune.layer_candidates)
-         thresholds:str='0.3,0.4,0.5,0.6,0.7,0.8,0.9', # Box thresholds to try, comma-separated (for 'gradient': the map's regions)
-         modes:str='threshold,gradient', # Box modes to try: threshold (the map's regions), gradient (regions narrowed by the input gradient)
+         thresholds:str='0.3,0.4,0.5,0.6,0.7,0.8,0.9', # Box thresholds to try, comma-separated (for 'gradient' and 'segment': the map's regions)
+         modes:str='threshold,gradient,segment', # Box modes to try: threshold (the map's regions), gradient (regions narrowed by the input gradient), segment (the image segment it points to in each region)
          grad_thresholds:str='0.2,0.3,0.4', # For 'gradient': fractions of the input gradient's maximum inside a region to try
          no_tta:store_true=False, # Don't try mirroring (for a model not trained with flips)
          metric:str='box_acc', # Choose by: box_acc (BoxAcc@0.5 of the top box), pointing, max_box_acc_v2 or ap50
@@ -661,7 +661,7 @@ def tune(*paths:str, # LEARNER then the labelled INPUT files/folders (a few with
         for v in gthr: check_threshold(v, '--grad-thresholds')
     except ValueError: raise CliError(f"fastcam tune: --grad-thresholds '{grad_thresholds}' must be fractions from 0 to 1 separated by commas, like 0.2,0.3") from None
     mds = tuple(m.strip() for m in modes.split(','))
-    if not mds or any(m not in ('threshold', 'gradient') for m in mds): raise CliError(f"fastcam tune: --modes '{modes}': use threshold and/or gradient, separated by commas")
+    if not mds or any(m not in tune_modes for m in mds): raise CliError(f"fastcam tune: --modes '{modes}': use {', '.join(tune_modes[:-1])} and/or {tune_modes[-1]}, separated by commas")
     files,_ = scan_inputs(paths[1:], image_exts)
     if not files: raise CliError(f"fastcam tune: no DICOM or image files found in {' '.join(paths[1:])}")
     learn = load_for_run(paths[0], trust, device=_device(device))
@@ -671,7 +671,7 @@ def tune(*paths:str, # LEARNER then the labelled INPUT files/folders (a few with
     except (ValueError, FileNotFoundError, KeyError) as e: raise CliError(f"fastcam tune: {' '.join(str(e).split())}") from None
     best = table.iloc[0]
     print(table[tune_columns].head(top).to_string(index=False, float_format=lambda v: f'{v:.2f}', na_rep='-'))
-    how = f"threshold {best['threshold']:g}" + (f", narrowed by the input gradient at {best['grad_threshold']:g}" if best['mode']=='gradient' else '')
+    how = f"threshold {best['threshold']:g}" + {'gradient': f", narrowed by the input gradient at {best['grad_threshold']:g}", 'segment': ", each region's image segment the input gradient points to"}.get(best['mode'], '')
     print(f"fastcam tune: chose {best['method']} at {best['layer']}{' with tta' if best['tta'] else ''}, {how} "
           f"({metric} {best[metric]:.2f} on {int(best['n_boxes'])} of {len(files)} files with a true box); saved the recipe to {j} and the table ({len(table)} rows) to {t}")
     return 0

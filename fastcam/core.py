@@ -288,17 +288,18 @@ class CamResult:
                  model=None, # The model explained, for steps that ask it again (`boxes(confirm=True)`)
                  recipe=None, # The box recipe (`fastcam.tune`) of a tuned learner that made the maps, whose box options `boxes()` then uses
                  stability=None, # Per item, the agreement of its map under a flip and a shift: a DataFrame flip_corr, shift_corr, unstable (`learn.cam(..., stability=True)`)
-                 input_grad=None): # Per item and target, d score / d input summed over the input's channels `[B,T,h,w]` at the model input's size, from the maps' own backward (`learn.cam(..., input_grad=True)`), for the 'gradient' box mode
+                 input_grad=None, # Per item and target, d score / d input summed over the input's channels `[B,T,h,w]` at the model input's size, from the maps' own backward (`learn.cam(..., input_grad=True)`), for the 'gradient' and 'segment' box modes
+                 input_image=None): # Per item, the model input as the model saw it, its channels' mean `[B,h,w]` (kept with `input_grad`), for the 'segment' box mode
         store_attr()
     def __len__(self): return len(self.maps)
     def _with(self, **kw):
         "A copy with some fields replaced"
-        d = {k: getattr(self, k) for k in ('maps','targets','probs','vocab','layer','method','input_size','items','orig_sizes','geometry','model','stability','recipe','input_grad')}
+        d = {k: getattr(self, k) for k in ('maps','targets','probs','vocab','layer','method','input_size','items','orig_sizes','geometry','model','stability','recipe','input_grad','input_image')}
         return CamResult(**{**d, **kw})
     def to(self, device):
         "This result with its tensors on `device`"
-        ig = None if self.input_grad is None else self.input_grad.to(device)
-        return self._with(maps=self.maps.to(device), targets=self.targets.to(device), probs=self.probs.to(device), input_grad=ig)
+        mv = lambda t: None if t is None else t.to(device)
+        return self._with(maps=self.maps.to(device), targets=self.targets.to(device), probs=self.probs.to(device), input_grad=mv(self.input_grad), input_image=mv(self.input_image))
     def boxes(self, mode:str=None, **kwargs):
         "Boxes in original pixels, one row per box (see `fastcam.boxes.result_boxes`); options not given are the box recipe's when a tuned learner made the maps, else `cam_boxes`' defaults"
         from fastcam.boxes import result_boxes
@@ -325,8 +326,9 @@ class CamResult:
             i = i.cpu()
         pick = lambda o: None if o is None else [o[k] for k in range(len(o))[i]] if isinstance(i, slice) else [o[int(k)] for k in i]
         rows = None if self.stability is None else self.stability.iloc[range(len(self))[i] if isinstance(i, slice) else [int(k) for k in i]].reset_index(drop=True)
-        ig = None if self.input_grad is None else self.input_grad[i]
-        return self._with(maps=self.maps[i], targets=self.targets[i], probs=self.probs[i], items=pick(self.items), orig_sizes=pick(self.orig_sizes), stability=rows, input_grad=ig)
+        part = lambda t: None if t is None else t[i]
+        return self._with(maps=self.maps[i], targets=self.targets[i], probs=self.probs[i], items=pick(self.items), orig_sizes=pick(self.orig_sizes), stability=rows,
+                          input_grad=part(self.input_grad), input_image=part(self.input_image))
     @property
     def preds(self): return self.probs.argmax(1)
     @property
@@ -384,8 +386,9 @@ def cat(cls:CamResult, results:list):
     join = lambda k: None if any(getattr(r, k) is None for r in rs) else [o for r in rs for o in getattr(r, k)]
     st = None if any(r.stability is None for r in rs) else pd.concat([r.stability for r in rs], ignore_index=True)
     ig = None if any(r.input_grad is None for r in rs) else torch.cat([_pad(r.input_grad, 0.) for r in rs])
+    im = None if any(r.input_image is None for r in rs) else torch.cat([r.input_image for r in rs])
     return r0._with(maps=torch.cat([_pad(r.maps, 0.) for r in rs]), targets=torch.cat([_pad(r.targets, -1) for r in rs]),
-                    probs=torch.cat([r.probs for r in rs]), items=join('items'), orig_sizes=join('orig_sizes'), stability=st, input_grad=ig)
+                    probs=torch.cat([r.probs for r in rs]), items=join('items'), orig_sizes=join('orig_sizes'), stability=st, input_grad=ig, input_image=im)
 
 # %% ../nbs/01_core.ipynb #92cdcf4f
 class Gathered:
@@ -618,7 +621,8 @@ def cam_result(method, g:Gathered, probs:Tensor, vocab=None, **kwargs) -> CamRes
     fn = _method(method)
     maps = fn(g, **kwargs).float() * (g.targets>=0)[...,None,None]
     if isinstance(g.kind, ScoreTarget): vocab = [g.kind.name]
-    return CamResult(maps.detach(), g.targets, probs, vocab, g.layer, getattr(fn, 'name', str(method)), tuple(g.xb.shape[-2:]), input_grad=g.input_grad)
+    im = None if g.input_grad is None else g.xb.detach().float().mean(1)   # with the input gradient, the input the model saw (gray)
+    return CamResult(maps.detach(), g.targets, probs, vocab, g.layer, getattr(fn, 'name', str(method)), tuple(g.xb.shape[-2:]), input_grad=g.input_grad, input_image=im)
 
 # %% ../nbs/01_core.ipynb #126f054d
 def several_layers(layer):
@@ -637,7 +641,8 @@ def unmirror(r:CamResult) -> CamResult:
     "The result of a batch whose second half mirrors its first: per item of the first half, the mean of its normalised map and its mirror's, mirrored back (and of its input gradient and its mirror's)"
     B = len(r)//2
     ig = None if r.input_grad is None else (r.input_grad[:B] + r.input_grad[B:].flip(-1))/2
-    return r._with(maps=(normalize_maps(r.maps[:B]) + normalize_maps(r.maps[B:].flip(-1)))/2, targets=r.targets[:B], probs=r.probs[:B], input_grad=ig)
+    im = None if r.input_image is None else r.input_image[:B]   # the item's own input
+    return r._with(maps=(normalize_maps(r.maps[:B]) + normalize_maps(r.maps[B:].flip(-1)))/2, targets=r.targets[:B], probs=r.probs[:B], input_grad=ig, input_image=im)
 
 # %% ../nbs/01_core.ipynb #1a329bc9
 def cam(model:nn.Module, xb:Tensor, layer=None, target=None, method='gradcam', vocab=None, multi_label:bool=False,
@@ -743,9 +748,9 @@ def cam(self:Learner, x, # Items (paths, PIL images, arrays, `[C,H,W]` tensors) 
         input_grad:bool=None, # Also keep d score / d input from the maps' own backward (`res.input_grad`), which the 'gradient' box mode refines boxes with; None: on when the box recipe's mode is 'gradient'
         **kwargs): # Passed to the method
     "A `CamResult` of class activation maps for items sent through `(dls or self.dls).test_dl`, or for a preprocessed batch. `layer`, `method` and `tta` left None are the learner's box recipe's (`fastcam.tune.recipe_args`: the caller's argument > the recipe tuned or loaded > `default_recipe`); a tuned learner's result carries its recipe, so `res.boxes()` boxes with it"
-    from fastcam.tune import recipe_args
+    from fastcam.tune import recipe_args, input_modes
     r = recipe_args(self, layer=layer, method=method, tta=tta)
-    ig = r['mode']=='gradient' if input_grad is None else input_grad
+    ig = r['mode'] in input_modes if input_grad is None else input_grad
     res = learner_cam(self, x, r['layer'], target, r['method'], bs, dls, fused or (layer is None and several_layers(r['layer']) is not None), r['tta'], stability, ig, **kwargs)
     if r['source']=='default_recipe': return res
     return res._with(recipe=r) if isinstance(res, CamResult) else {k: v._with(recipe=r) for k,v in res.items()}

@@ -1,4 +1,4 @@
-"""Each region of a class activation map narrowed to where the model's input gradient says the evidence lies: boxes finer than the map's cells, from the maps' own backward pass.
+"""Each region of a class activation map narrowed to where the model's input gradient says the evidence lies, or to the image segment it points to: boxes finer than the map's cells, from the maps' own backward pass.
 
 Docs: https://fastcam.github.io/fastcam/refine.html.md"""
 
@@ -8,11 +8,14 @@ Docs: https://fastcam.github.io/fastcam/refine.html.md"""
 from __future__ import annotations
 import numpy as np, torch
 from torch import Tensor
+from scipy import ndimage
 from .boxes import threshold_regions, threshold_boxes, region_box, maps_to_original, check_threshold
 from .confirm import gaussian_blur2d
 
 # %% auto #0
-__all__ = ['grad_sigma', 'input_saliency', 'original_saliency', 'refine_region', 'gradient_boxes', 'check_gradient_mode']
+__all__ = ['grad_sigma', 'segment_scale', 'max_segment', 'input_saliency', 'original_saliency', 'refine_region', 'gradient_boxes',
+           'check_gradient_mode', 'input_segments', 'original_segments', 'segment_region', 'segment_boxes',
+           'check_segment_mode']
 
 # %% ../nbs/12a_refine.ipynb #5f9aead4
 grad_sigma = 1.   # smoothing of the input gradient, in model-input pixels (bench/box_limits.py chose 1 of 1, 2, 3 at both scales)
@@ -53,8 +56,66 @@ def gradient_boxes(m, # One normalised map `[H, W]` in original pixels (NaN wher
     regs,_ = threshold_regions(m, threshold, min_area, score, relu=False)
     return np.array([refine_region(r, s, grad_threshold, min_area) for r in regs], np.int64).reshape(-1, 4)
 
-def check_gradient_mode(res, grad_threshold):
+def check_gradient_mode(res, grad_threshold, mode:str='gradient'):
     "One-line errors unless `res` carries its input gradient and `grad_threshold` is a fraction"
     check_threshold(grad_threshold, 'grad_threshold')
     if res.input_grad is None:
-        raise ValueError("mode='gradient' narrows boxes with the model's input gradient, which this result does not carry: make the maps with learn.cam(..., input_grad=True) (on by itself when the box recipe's mode is 'gradient')")
+        raise ValueError(f"mode='{mode}' boxes with the model's input gradient, which this result does not carry: make the maps with learn.cam(..., input_grad=True) (on by itself when the box recipe's mode is '{mode}')")
+
+# %% ../nbs/12a_refine.ipynb #e0a1b2c2
+segment_scale = 100.   # Felzenszwalb's scale on the model input scaled to 0..1 (bench/results/segment_boxes.md: 100 of 20, 50, 100, at both scales)
+max_segment = 0.25     # a segment over this share of the image is background: its region keeps the gradient box
+
+def input_segments(img:Tensor, # One model input's gray image `[h, w]` (`CamResult.input_image`)
+                   scale:float=segment_scale) -> np.ndarray:
+    "Labels `[h, w]` of the image's segments (Felzenszwalb & Huttenlocher 2004, sigma 0.8, at least 8 pixels), the image min-max scaled to 0..1 first"
+    from skimage.segmentation import felzenszwalb
+    a = torch.as_tensor(img).detach().double().cpu().numpy()
+    a = (a - a.min())/max(float(np.ptp(a)), 1e-12)
+    return felzenszwalb(a, scale=scale, sigma=0.8, min_size=8)
+
+def original_segments(lab:np.ndarray, # Labels `[h, w]` at the model input's size (`input_segments`)
+                      orig_size, # `(H, W)` of the original image
+                      geometry=None) -> np.ndarray: # Anything `input_geometry` takes (usually the `DataLoaders`)
+    "The labels in the original image's pixels `[H, W]`: each pixel takes its nearest input pixel's (-1 where the model saw nothing)"
+    h,w = lab.shape
+    yx = torch.stack(torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing='ij'))
+    c = maps_to_original(yx, orig_size, geometry, float('nan')).numpy()   # bilinear of a linear map: each pixel's exact input coordinate
+    seen = ~np.isnan(c[0])
+    y,x = (np.clip(np.nan_to_num(v).round().astype(np.int64), 0, n-1) for v,n in ((c[0], h), (c[1], w)))
+    return np.where(seen, lab[y, x], -1)
+
+def segment_region(region, # A `regionprops` region of the map (`threshold_regions`)
+                   s:np.ndarray, # The input saliency `[H, W]` in the same pixels (`original_saliency`)
+                   seg:np.ndarray, # Segment labels `[H, W]` in the same pixels (`original_segments`)
+                   grad_threshold:float, # For a region whose segment is background: its gradient box (`refine_region`)
+                   min_area:int=16) -> list:
+    "`(x0, y0, x1, y1)`: the box of the segment `region` meets whose mean saliency is highest, with its neighbours that lie wholly inside `region`; the gradient box when that covers over `max_segment` of the image"
+    ys,xs = region.coords[:, 0],region.coords[:, 1]
+    ids = np.unique(seg[ys, xs]); ids = ids[ids >= 0]
+    if len(ids):
+        m = seg==ids[int(np.argmax(ndimage.mean(s, seg, ids)))]
+        inside = np.zeros(seg.shape, bool); inside[ys, xs] = True
+        for k in np.unique(seg[ndimage.binary_dilation(m) & ~m]):   # its neighbours wholly inside the region: a finding's rim is often a segment of its own
+            if k >= 0 and inside[seg==k].all(): m |= seg==k
+        if m.sum() <= max_segment*m.size:
+            yy,xx = np.nonzero(m)
+            return [int(xx.min()), int(yy.min()), int(xx.max())+1, int(yy.max())+1]
+    return refine_region(region, s, grad_threshold, min_area)
+
+def segment_boxes(m, # One normalised map `[H, W]` in original pixels (NaN where unseen)
+                  s:np.ndarray, # The input saliency `[H, W]` in the same pixels
+                  seg:np.ndarray, # Segment labels `[H, W]` in the same pixels
+                  threshold:float, # The map's regions: fraction of its maximum
+                  grad_threshold:float, # For a region whose segment is background (see `segment_region`)
+                  min_area:int=16, # Smallest region, in pixels
+                  score:str='max') -> np.ndarray: # How regions are ordered (as `threshold_boxes`)
+    "Boxes `[n, 4]`, one per region of `m` above `threshold` in `threshold_boxes`' order, each the box of its segment (`segment_region`)"
+    regs,_ = threshold_regions(m, threshold, min_area, score, relu=False)
+    return np.array([segment_region(r, s, seg, grad_threshold, min_area) for r in regs], np.int64).reshape(-1, 4)
+
+def check_segment_mode(res, grad_threshold):
+    "One-line errors unless `res` carries its input gradient and input image and `grad_threshold` is a fraction"
+    check_gradient_mode(res, grad_threshold, 'segment')
+    if res.input_image is None:
+        raise ValueError("mode='segment' cuts the model input into segments, which this result does not carry: make the maps with learn.cam(..., input_grad=True), which keeps the input with its gradient")

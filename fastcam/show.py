@@ -15,7 +15,7 @@ from fastai.vision.core import PILImage, TensorBBox, LabeledBBox
 from .core import CamResult, upsample_maps, normalize_maps, learner_cam
 from .items import check_item, read_dicom
 from .boxes import show_boxes, check_color, check_threshold, MIN_PROB
-from .tune import recipe_args
+from .tune import recipe_args, input_modes
 from .overlay import overlay_pixels, image_rgb
 
 # %% auto #0
@@ -228,10 +228,10 @@ def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
     r = recipe_args(learn, layer=layer, method=method, tta=tta, mode=mode, threshold=threshold, grad_threshold=grad_threshold, min_area=min_area, topk=topk)
     layer,method,tta,mode,threshold,grad_threshold,min_area,topk = (r[k] for k in ('layer', 'method', 'tta', 'mode', 'threshold', 'grad_threshold', 'min_area', 'topk'))
     check_color(color); check_threshold(threshold); check_threshold(grad_threshold, 'grad_threshold')   # before the model runs
-    res = explain_item(item, dls, learn, layer, target, method, tta=tta, stability=stability, input_grad=mode=='gradient')
+    res = explain_item(item, dls, learn, layer, target, method, tta=tta, stability=stability, input_grad=mode in input_modes)
     if sanity: _sanity(res)
     kw = dict(threshold=threshold, min_area=min_area, topk=topk) if mode!='peak' else {}
-    if mode=='gradient': kw['grad_threshold'] = grad_threshold
+    if mode in input_modes: kw['grad_threshold'] = grad_threshold
     if confirm and isinstance(item, Tensor): kw['xb'] = item if item.ndim==4 else item[None]   # a preprocessed input is its own batch
     df = res.boxes(mode=mode, min_prob=min_prob, confirm=confirm, dls=dls, **kw)
     H,W = res.orig_sizes[0]

@@ -16,15 +16,18 @@ from .core import learner_cam, fuse_cams, trace_modules, auto_layer, find_layer,
 from .metrics import (as_boxes, box_iou, pointing_hits, max_box_acc_v2, read_boxes_csv, read_coco, read_rle_csv, mask_to_boxes, _gt_for, _gt_key, _one_item_per_key, _is_mask)
 
 # %% auto #0
-__all__ = ['mode_thresholds', 'default_recipe', 'box_modes', 'tune_metrics', 'box_options', 'check_recipe', 'recipe_path',
-           'save_recipe', 'load_recipe', 'learner_recipe', 'recipe_args', 'layer_candidates', 'read_truth', 'coco_ap50',
-           'recipe_table', 'sort_recipes', 'table_recipe', 'tune_files', 'run_recipe']
+__all__ = ['mode_thresholds', 'default_recipe', 'box_modes', 'input_modes', 'tune_modes', 'tune_metrics', 'box_options',
+           'check_recipe', 'recipe_path', 'save_recipe', 'load_recipe', 'learner_recipe', 'recipe_args',
+           'layer_candidates', 'read_truth', 'coco_ap50', 'recipe_table', 'sort_recipes', 'table_recipe', 'tune_files',
+           'run_recipe']
 
 # %% ../nbs/13_tune.ipynb #25b6c37d
-mode_thresholds = dict(threshold=0.8, gradient=0.7)   # each box mode's region threshold when none is given: 'threshold' bench/results/localization.md (small CNNs, 96 px); 'gradient' the best worst case over both scales (13_tune)
+mode_thresholds = dict(threshold=0.8, gradient=0.7, segment=0.7)   # each box mode's region threshold when none is given: 'threshold' bench/results/localization.md (small CNNs, 96 px); 'gradient' the best worst case over both scales (13_tune)
 default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=mode_thresholds['threshold'], grad_threshold=0.2, min_area=16, topk=1)   # grad_threshold: the better of 0.2/0.3 at both of its scales (13_tune)
 _recipe_keys = tuple(default_recipe)
-box_modes = ('threshold', 'peak', 'gradient')   # how a map becomes boxes: `fastcam.boxes.cam_boxes`
+box_modes = ('threshold', 'peak', 'gradient', 'segment')   # how a map becomes boxes: `fastcam.boxes.cam_boxes`
+input_modes = ('gradient', 'segment')   # the box modes that need the model's input gradient (and input) kept with the maps (`learn.cam(..., input_grad=True)`)
+tune_modes = ('threshold', 'gradient', 'segment')   # the box modes the tune step tries
 
 def box_options(base:dict, **given) -> dict:
     "`base`'s options with those `given` (not None) instead; a threshold belongs to its box mode: a mode given without a threshold, other than `base`'s, takes that mode's own (`mode_thresholds`)"
@@ -181,14 +184,15 @@ def _first_boxes(df, n):
 
 # %% ../nbs/13_tune.ipynb #f68c572c
 def _settings(modes, thresholds, grad_thresholds) -> list:
-    "`(mode, threshold, grad_threshold)` of each box setting of the grid (grad_threshold NaN for 'threshold')"
-    bad = [m for m in modes if m not in ('threshold', 'gradient')]
-    if bad or not modes: raise ValueError(f"box modes {list(modes)}: tune_boxes tries 'threshold' and/or 'gradient'")
+    "`(mode, threshold, grad_threshold)` of each box setting of the grid (grad_threshold NaN for 'threshold'; for 'segment' the default, which only a background segment's region uses)"
+    bad = [m for m in modes if m not in tune_modes]
+    if bad or not modes: raise ValueError(f"box modes {list(modes)}: tune_boxes tries {', '.join(map(repr, tune_modes))}")
     return ([('threshold', float(t), float('nan')) for t in thresholds] if 'threshold' in modes else []) + \
-           ([('gradient', float(t), float(u)) for t in thresholds for u in grad_thresholds] if 'gradient' in modes else [])
+           ([('gradient', float(t), float(u)) for t in thresholds for u in grad_thresholds] if 'gradient' in modes else []) + \
+           ([('segment', float(t), default_recipe['grad_threshold']) for t in thresholds] if 'segment' in modes else [])
 
-def _measure(r, gts, settings, min_area, tolerance, secs):
-    "Rows of metrics of one `CamResult` `r` (one layer choice) at each box setting `(mode, threshold, grad_threshold)` (`_settings`)"
+def _measure(r, gts, settings, min_area, tolerance, secs, segs=None):
+    "Rows of metrics of one `CamResult` `r` (one layer choice) at each box setting `(mode, threshold, grad_threshold)` (`_settings`); `segs`: the items' segments (`_segments`), for 'segment'"
     n,pos = len(r),[i for i,g in enumerate(gts) if len(g)]
     mos = [r.original_maps(i, fill=float('nan')) for i in range(n)]
     tol = [_tolerance(tolerance, r.orig_sizes[i]) for i in pos]
@@ -198,8 +202,8 @@ def _measure(r, gts, settings, min_area, tolerance, secs):
     orig = [torch.nan_to_num(m) for m in mos]   # the maps every setting boxes (unseen pixels: no evidence)
     for mode,thr,u in settings:
         t0 = time.perf_counter()
-        if mode=='gradient' and sal is None: sal = _saliencies(r)
-        kw = dict(grad_threshold=u, saliency=sal) if mode=='gradient' else {}
+        if mode in input_modes and sal is None: sal = _saliencies(r)
+        kw = dict(grad_threshold=u, saliency=sal, **(dict(segments=segs) if mode=='segment' else {})) if mode in input_modes else {}
         tops = _first_boxes(r.boxes(mode=mode, threshold=thr, min_area=min_area, topk=1, min_prob=0., original=orig, **kw), n)
         dt = time.perf_counter() - t0
         iou = [box_iou(torch.from_numpy(b), gts[i]).max().item() if len(b) and len(gts[i]) else 0. for i,(b,_) in enumerate(tops)]
@@ -219,8 +223,8 @@ def recipe_table(learn, items:list, # the Learner, and labelled files (an item w
                  methods=('gradcam', 'layercam', 'hirescam', 'gradcampp'), # CAM methods tried
                  layers=None, # layer choices tried (a name, an index path or a list of them, fused); None: `layer_candidates` of the `stage_ends`
                  tta=(False, True), # mirror settings tried
-                 thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), # box thresholds tried (for 'gradient': the map's regions)
-                 modes=('threshold', 'gradient'), # box modes tried: the map's regions, and those narrowed by the input gradient (`fastcam.refine`)
+                 thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), # box thresholds tried (for 'gradient' and 'segment': the map's regions)
+                 modes=('threshold', 'gradient', 'segment'), # box modes tried: the map's regions, those narrowed by the input gradient, and the image segment it points to in each (`fastcam.refine`)
                  grad_thresholds=(0.2, 0.3, 0.4), # for 'gradient': fractions of the input gradient's maximum inside a region tried
                  min_area:int=default_recipe['min_area'], # smallest region, in original pixels
                  tolerance:float=None, # pointing tolerance in pixels (None: 15 px at a 224 px scale)
@@ -234,24 +238,25 @@ def recipe_table(learn, items:list, # the Learner, and labelled files (an item w
     cands = _names(learn.model, xb, specs)
     names = list(dict.fromkeys(n for c in cands for n in (c if isinstance(c, list) else [c])))
     settings = _settings(modes, thresholds, grad_thresholds)
-    rows,grid = [],[(m,t) for m in methods for t in tta]
+    rows,grid,segs = [],[(m,t) for m in methods for t in tta],None
     for method,t in (progress_bar(grid) if progress else grid):
         t0 = time.perf_counter()
-        d = learner_cam(learn, items, names if len(names) > 1 else names[0], target, method, bs=bs, tta=t, input_grad='gradient' in modes)
+        d = learner_cam(learn, items, names if len(names) > 1 else names[0], target, method, bs=bs, tta=t, input_grad=any(m in input_modes for m in modes))
         secs = time.perf_counter() - t0
         d = d if isinstance(d, dict) else {names[0]: d}
+        if 'segment' in modes and segs is None: segs = _segments(next(iter(d.values())))   # the inputs' segments: the same for every method, layer and tta
         for spec,c in zip(specs, cands):
             r = d[c] if isinstance(c, str) else d[c[0]] if len(c)==1 else fuse_cams([d[o] for o in c])
-            rows += [dict(method=method, layer=spec, tta=t, **o) for o in _measure(r, gts, settings, min_area, tolerance, secs)]
+            rows += [dict(method=method, layer=spec, tta=t, **o) for o in _measure(r, gts, settings, min_area, tolerance, secs, segs)]
     df = pd.DataFrame(rows)
     df.insert(len(df.columns), 'n_items', len(items)); df.insert(len(df.columns), 'n_boxes', sum(len(g)>0 for g in gts))
     return sort_recipes(df)
 
 def sort_recipes(df:pd.DataFrame, metric:str='box_acc') -> pd.DataFrame:
-    "Recipes best first: by `metric`, then pointing, MaxBoxAccV2, AP@0.5; ties go to the simpler recipe (fewer layers, no mirror, the map's own regions before gradient-narrowed ones), then the grid's order (never to timing noise)"
+    "Recipes best first: by `metric`, then pointing, MaxBoxAccV2, AP@0.5; ties go to the simpler recipe (fewer layers, no mirror, the map's own regions before gradient-narrowed ones, those before segments), then the grid's order (never to timing noise)"
     keys = list(dict.fromkeys([metric, 'pointing', 'max_box_acc_v2', 'ap50']))
     n_layers = df['layer'].map(lambda l: len(l) if isinstance(l, (list, tuple)) and not all(isinstance(i, int) for i in l) else 1)
-    plain = df['mode'].ne('gradient') if 'mode' in df else True
+    plain = df['mode'].map({'gradient': 1, 'segment': 0}).fillna(2) if 'mode' in df else 2
     d = df.assign(_n=-n_layers, _m=~df['tta'].astype(bool), _g=plain).sort_values(keys + ['_n', '_m', '_g'], ascending=False, kind='stable', na_position='last')
     return d.drop(columns=['_n', '_m', '_g']).reset_index(drop=True)
 
@@ -260,6 +265,11 @@ def _saliencies(r) -> list:
     from fastcam.refine import original_saliency
     return [original_saliency(r.input_grad[i], r.orig_sizes[i], r.geometry) for i in range(len(r))]
 
+def _segments(r) -> list:
+    "Each item's segments of its model input `[H, W]` in its original pixels (`fastcam.refine.original_segments`), made once for the whole grid"
+    from fastcam.refine import input_segments, original_segments
+    return [original_segments(input_segments(r.input_image[i]), r.orig_sizes[i], r.geometry) for i in range(len(r))]
+
 # %% ../nbs/13_tune.ipynb #cea05264
 tune_metrics = ('box_acc', 'pointing', 'max_box_acc_v2', 'ap50')   # the columns `tune_boxes` can choose by
 
@@ -267,7 +277,7 @@ def table_recipe(row, min_area:int=default_recipe['min_area']) -> dict:
     "The recipe of a row of `recipe_table` (one top box, as the table measured), with the row's scores, on how many items, for the record"
     num = lambda v: None if pd.isna(v) else round(float(v), 4)
     mode = row.get('mode', 'threshold')
-    u = float(row['grad_threshold']) if mode=='gradient' else default_recipe['grad_threshold']
+    u = float(row['grad_threshold']) if mode in input_modes else default_recipe['grad_threshold']
     return dict(check_recipe(dict(method=row['method'], layer=row['layer'], tta=bool(row['tta']), mode=mode, threshold=float(row['threshold']),
                                   grad_threshold=u, min_area=int(min_area), topk=1)),
                 scores={k: num(row[k]) for k in tune_metrics if k in row}, n_items=int(row['n_items']), n_boxes=int(row['n_boxes']))

@@ -38,4 +38,4 @@ def test_help_shows_parameters_and_meanings():
     sig = inspect.signature(CamResult.boxes).parameters
     from fastcam.tune import default_recipe
     assert sig['threshold'].default is None and default_recipe['threshold'] == 0.8 and sig['min_area'].default == 16 and 'kwargs' not in sig
-    assert "None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient')" in box_doc
+    assert "None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient' and 'segment')" in box_doc

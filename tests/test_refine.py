@@ -151,11 +151,11 @@ def test_fastcam_run_gradient_mode(squares, tmp_path, capsys):
     assert run(tmp_path/'t', '--threshold', '0.3') == 0 and 'grad_threshold' not in json.loads((tmp_path/'t'/'run.json').read_text())['options']
     capsys.readouterr()
     assert run(tmp_path/'x', '--grad-threshold', '0.3') == 2
-    assert capsys.readouterr().err.strip() == "fastcam run: --grad-threshold is for --mode gradient, but this run boxes with mode 'threshold'"
+    assert capsys.readouterr().err.strip() == "fastcam run: --grad-threshold is for --mode gradient or segment, but this run boxes with mode 'threshold'"
     assert run(tmp_path/'y', '--mode', 'grad') == 2
-    assert capsys.readouterr().err.strip() == "fastcam run: --mode must be 'threshold', 'peak' or 'gradient', not 'grad'"
+    assert capsys.readouterr().err.strip() == "fastcam run: --mode must be 'threshold', 'peak', 'gradient' or 'segment', not 'grad'"
     assert main(['tune', str(tmp_path/'model.pkl'), str(root), '--truth', str(root/'boxes.csv'), '--trust', '--modes', 'threshold,grad']) == 2
-    assert capsys.readouterr().err.strip() == "fastcam tune: --modes 'threshold,grad': use threshold and/or gradient, separated by commas"
+    assert capsys.readouterr().err.strip() == "fastcam tune: --modes 'threshold,grad': use threshold, gradient and/or segment, separated by commas"
 
 # A threshold belongs to its box mode
 
@@ -199,3 +199,56 @@ def test_a_mode_given_alone_takes_its_threshold_in_recipes_and_runs(squares, tmp
     save_recipe(dict(layer='blocks', threshold=0.5), tmp_path/'model.pkl')
     assert run(tmp_path/'r', '--mode', 'gradient') == 0 and opts(tmp_path/'r')['threshold'] == 0.7
     assert run(tmp_path/'p') == 0 and (opts(tmp_path/'p')['mode'], opts(tmp_path/'p')['threshold']) == ('threshold', 0.5)
+
+# Segment boxes: the image segment the input gradient points to in each region
+
+def test_input_image_is_the_model_input_the_maps_saw(squares):
+    "input_image (kept with input_grad) is the model input's channel mean, as test_dl makes it; slicing, joining, moving and tta keep each item's own"
+    from fastcam.core import CamResult
+    root,df,bx,learn = squares
+    files = [root/f for f in df.file[:4]]
+    xb = torch.cat([b[0] for b in learn.dls.test_dl(files, bs=2)]).as_subclass(torch.Tensor)
+    res = learn.cam(files, layer='blocks', target='pos', input_grad=True, bs=2)
+    torch.testing.assert_close(res.input_image, xb.float().mean(1))
+    torch.testing.assert_close(res[1:3].input_image, xb[1:3].mean(1)); torch.testing.assert_close(CamResult.cat([res[:1], res[3:]]).input_image, xb[[0, 3]].mean(1))
+    assert res.to('cpu').input_image is not None and learn.cam(files, layer='blocks', target='pos').input_image is None
+    torch.testing.assert_close(learn.cam(files, layer='blocks', target='pos', input_grad=True, tta=True).input_image, xb.mean(1))   # not its mirror
+
+def test_segment_boxes_hit_the_squares(squares):
+    "Known answer: each square is an image segment, and the input gradient lies in it: every segment box hits its square (IoU >= 0.5) where the map's own boxes do not"
+    root,df,bx,learn = squares
+    files = [root/f for f in bx.file]
+    res = learn.cam(files, layer='blocks', target='pos', input_grad=True)
+    seg = _ious(res.boxes(mode='segment', threshold=0.3, min_prob=0.), bx)
+    assert (seg >= 0.5).all() and seg.mean() > 0.7, seg
+    assert _ious(res.boxes(mode='threshold', threshold=0.3, topk=1, min_prob=0.), bx).mean() < 0.5
+    with pytest.raises(ValueError, match=r"^mode='segment' boxes with the model's input gradient, which this result does not carry"):
+        learn.cam(files[:1], layer='blocks', target='pos').boxes(mode='segment')
+    with pytest.raises(ValueError, match=r"^mode='segment' cuts the model input into segments, which this result does not carry"):
+        res._with(input_image=None).boxes(mode='segment')
+
+def test_segment_recipe_everywhere(squares, tmp_path, capsys):
+    "A 'segment' recipe keeps the input gradient and input by itself in learn.cam, get_boxes and get_cams; fastcam run --mode segment boxes the squares; the tune step's table has segment rows"
+    from fastcam.cli import main
+    root,df,bx,learn = squares
+    files = [root/f for f in bx.file]
+    learn.use_recipe(dict(layer='blocks', mode='segment', threshold=0.3))
+    try:
+        res = learn.cam(files, target='pos')
+        assert res.input_image is not None and (_ious(res.boxes(min_prob=0.), bx) >= 0.5).all()
+        for f,t in zip(files, bx.itertuples()):
+            lb = get_boxes(f, learn.dls, learn, target='pos', show_img=False, min_prob=0.)
+            assert box_iou(torch.tensor(lb.df[['x0', 'y0', 'x1', 'y1']].to_numpy(np.int64)[:1]), torch.tensor([[t.x0, t.y0, t.x1, t.y1]])).item() >= 0.5
+        pos = df[df.label=='pos'].reset_index(drop=True)
+        _,boxes = learn.get_cams(learn.dls.test_dl(pos, with_labels=False), target='pos', with_boxes=True, min_prob=0.)
+        assert (_ious(boxes.assign(file=[str(pos.file[i]) for i in boxes['item']]), bx) >= 0.5).all()
+        t = learn.tune_boxes([root/f for f in df.file], root/'boxes.csv', target='pos', methods=('gradcam',), layers=['blocks'], tta=(False,),
+                             thresholds=(0.3,), grad_thresholds=(0.3,), progress=False)
+        assert sorted(t['mode']) == ['gradient', 'segment', 'threshold'] and t.set_index('mode').loc['segment', 'box_acc'] == 1.0
+    finally: learn.use_recipe(None)
+    learn.export(tmp_path/'model.pkl')
+    assert main(['run', str(tmp_path/'model.pkl'), *[str(root/f) for f in bx.file], '--trust', '--target', 'pos', '--layer', 'blocks',
+                 '--min-prob', '0', '--out', str(tmp_path/'s'), '--no-progress', '--mode', 'segment', '--threshold', '0.3']) == 0
+    assert (_ious(pd.read_csv(tmp_path/'s'/'boxes.csv'), bx) >= 0.5).all()
+    opts = json.loads((tmp_path/'s'/'run.json').read_text())['options']
+    assert (opts['mode'], opts['threshold'], opts['grad_threshold']) == ('segment', 0.3, 0.2)

@@ -203,7 +203,7 @@ def test_fastcam_tune_then_run(squares, tmp_path, capsys):
     assert rc == 0 and f"saved the recipe to {tmp_path/'model.boxes.json'}" in printed and printed.splitlines()[0].split()[:6] == ['method', 'layer', 'tta', 'mode', 'threshold', 'grad_threshold']
     saved = json.loads((tmp_path/'model.boxes.json').read_text())
     assert saved['layer'] == 'a' and saved['metric'] == 'box_acc' and saved['scores']['box_acc'] == 1.0 and saved['n_boxes'] == 5
-    assert pd.read_csv(tmp_path/'model.boxes.csv').shape[0] == 16   # 2 layers x (2 thresholds + 2 thresholds x 3 gradient thresholds)
+    assert pd.read_csv(tmp_path/'model.boxes.csv').shape[0] == 20   # 2 layers x (2 thresholds + 2 thresholds x 3 gradient thresholds + 2 segment thresholds)
     files = [str(root/f) for f in bx.file[:3]]
     def run(out, *opts):
         return main(['run', str(tmp_path/'model.pkl'), *files, '--trust', '--target', 'pos', '--out', str(out), '--no-progress', *opts])
@@ -281,7 +281,7 @@ def test_oracle_box_acc_is_each_item_at_its_own_best_threshold(tmp_path):
     learn = frame_learner(tmp_path, df, TwoWay(), 64)
     gt = {str(tmp_path/b['file']): [[b['x0'], b['y0'], b['x1'], b['y1']]] for b in boxes}
     t = recipe_table(learn, [tmp_path/f for f in df.file], gt, target='pos', methods=('gradcam',), layers=['a'], tta=(False,),
-                     thresholds=(0.5, 0.8), min_area=4, progress=False).set_index('threshold')
+                     thresholds=(0.5, 0.8), modes=('threshold',), min_area=4, progress=False).set_index('threshold')
     assert t.box_acc.to_dict() == {0.5: 0.5, 0.8: 0.5}
     assert (t.oracle_box_acc == 1.0).all()
 
