@@ -54,6 +54,8 @@ DEFAULTS = ("The defaults of `get_boxes`, `CamResult.boxes` (which keeps every r
             "for the map's own regions ('threshold'). The table also measures regions narrowed by the model's input gradient ('gradient', `fastcam.refine`), and the same "
             "rule's pick among them gets its own lines ('best gradient box'); that mode is the tune step's choice, not the default, because it makes every map run the "
             "backward on to the input (bench/results/refine.md) and because its best thresholds move with the scale (the hand-written section of localization.md). "
+            "So do boxes of the image segment the input gradient points to in each region ('segment', `fastcam.refine`; 'best segment box'), never a default because "
+            "a finding without edges has no segment of its own (on the softest domain they box fewer lesions than the default box, bench/results/segment_boxes.md). "
             "The tune step (`learn.tune_boxes`, `fastcam tune`) chooses all of them on the user's own labelled files.")
 METRICS = ['pointing', 'box_acc', 'max_box_acc_v2', 'ap50', 'score_auroc', 's_per_item']
 
@@ -170,8 +172,10 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
             ([] if seg is None else [("best segment box at the defaults' layer, not the default", seg)])
     chosen = tr[tr.key==best].iloc[0]
     sc = cfg['scale']
-    L = [f"# Localization across synthetic domains ({'quick' if cfg.get('quick') else 'full'} run{f', images and input x{sc:g}' if sc!=1 else ''})", '',
-         f"`python bench/localization.py{' --quick' if cfg.get('quick') else ''}{f' --scale {sc:g}' if sc!=1 else ''}`: {len(cfg['domains'])} domains x {len(cfg['seeds'])} model seeds, "
+    part = cfg['methods']!=FULL['methods'] or cfg['tta']!=FULL['tta']   # a shorter run than the full grid: say which
+    flags = (f" --methods {' '.join(cfg['methods'])}" if cfg['methods']!=FULL['methods'] else '') + (' --no-tta' if cfg['tta']==(False,) else '')
+    L = [f"# Localization across synthetic domains ({'quick' if cfg.get('quick') else 'part of the grid' if part else 'full'} run{f', images and input x{sc:g}' if sc!=1 else ''})", '',
+         f"`python bench/localization.py{' --quick' if cfg.get('quick') else ''}{f' --scale {sc:g}' if sc!=1 else ''}{'' if cfg.get('quick') else flags}`: {len(cfg['domains'])} domains x {len(cfg['seeds'])} model seeds, "
          f"{cfg['n']} DICOMs per domain (30 % validation), small XResNet from scratch, {cfg['epochs']} epochs, {96*sc:g} px squish; " +
          (f"{a_jobs} processes of one torch thread; {secs/60:.1f} min in all; models cached in bench/.cache/" + _train_times(infos) + "." if secs==secs else "this report was made again from the run's CSV (`--from-csv`), the tune step redone on the cached models."), '',
          f"Grid: methods {', '.join(cfg['methods'])}; tta {', '.join(map(str, cfg['tta']))}; layers: `layer_candidates` of the stage ends; "

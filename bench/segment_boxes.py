@@ -21,6 +21,10 @@ A simulation of the tune step with it among the choices: on 24 positives of a ru
 of the default box, the gradient box and the rule's pick, and what that choice boxes on the run's other positives.
 And a known-answer probe without a model: a bright square on a flat image, with and without blur and noise.
 
+Since built as the box mode 'segment' (`fastcam.refine`: the best segment at k=100, joined with the segments around
+it that lie wholly inside the region, against a finding's rim), measured on its own line beside the candidates (not
+part of the rule's choice).
+
 Baselines on the same files: the default box (`fastcam.tune.default_recipe`: the map's region at 0.8) and the gradient
 mode at its own thresholds (0.7, 0.2). BoxAcc@0.5 of the top box on each run's validation positives, Grad-CAM at the
 last stage, no tta; the models and data of `bench/localization.py` at both scales (run `bench/localization.py` and
@@ -44,7 +48,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import localization as L
 
 KS,BIG = (20, 50, 100),0.25
-VARIANTS = ['default box (t=0.8)', 'gradient box (t=0.7, u=0.2)'] + [f'{v} segment k={k}' for v in ('peak', 'best') for k in KS]
+CANDIDATES = [f'{v} segment k={k}' for v in ('peak', 'best') for k in KS]
+PRODUCT = "fastcam's mode 'segment' (t=0.7)"   # built since: the best segment at k=100 joined with its neighbours inside the region (`fastcam.refine.segment_region`)
+VARIANTS = ['default box (t=0.8)', 'gradient box (t=0.7, u=0.2)'] + CANDIDATES + [PRODUCT]
 
 def input_segments(xb:torch.Tensor, k:float) -> np.ndarray:
     "Felzenszwalb labels `[B, h, w]` of each model input's channel mean, min-max scaled per image"
@@ -82,7 +88,7 @@ def one(scale, name, seed):
     torch.set_num_threads(1)
     from fastcam.core import learner_cam
     from fastcam.boxes import threshold_regions, threshold_boxes
-    from fastcam.refine import original_saliency, refine_region
+    from fastcam.refine import original_saliency, refine_region, segment_region, original_segments, input_segments as product_segments
     from fastcam.metrics import box_iou
     from fastcam.tune import default_recipe, mode_thresholds
     cfg = L.FULL
@@ -114,6 +120,8 @@ def one(scale, name, seed):
         for k in KS:
             seg = labels_to_original(segs[k][i], hw, r.geometry)
             for how in ('peak', 'best'): hits[f'{how} segment k={k}'].append(hit(segment_box(regs[0], s, seg, how, gb)))
+        seg = original_segments(product_segments(r.input_image[i]), hw, r.geometry)
+        hits[PRODUCT].append(hit(segment_region(regs[0], s, seg, default_recipe['grad_threshold'], default_recipe['min_area'])))
     return dict(scale=scale, domain=name, seed=seed, accuracy=info['accuracy'], positives=len(files), t_cam=t_cam, t_seg=t_seg,
                 **{v: float(np.mean(h)) for v,h in hits.items()}, per_file={v: [bool(x) for x in h] for v,h in hits.items()})
 
@@ -140,6 +148,7 @@ def rim_probe() -> list:
     from scipy.ndimage import gaussian_filter
     from skimage.measure import regionprops, label
     from fastcam.metrics import box_iou
+    from fastcam.refine import segment_region
     rng,reg = np.random.default_rng(0),regionprops(label(np.pad(np.ones((26, 28), int), ((4, 10), (6, 6)))))[0]
     sal = np.zeros((40, 40)); sal[12:20, 16:24] = 1.
     out = ["| noise sd | blur sigma 0 | 1 | 2 |", "|---|---|---|---|"]
@@ -148,8 +157,9 @@ def rim_probe() -> list:
         for sig in (0, 1, 2):
             im = np.zeros((40, 40)); im[8:24, 12:28] = 1.
             im = (gaussian_filter(im, sig) if sig else im) + noise*rng.standard_normal(im.shape)
-            b = segment_box(reg, sal, input_segments(torch.tensor(im)[None, None].float(), 100)[0], 'best', None)
-            cells.append(f"{box_iou(torch.tensor([b]).float(), torch.tensor([[12., 8, 28, 24]])).item():.2f}")
+            seg = input_segments(torch.tensor(im)[None, None].float(), 100)[0]
+            iou = lambda b: f"{box_iou(torch.tensor([b]).float(), torch.tensor([[12., 8, 28, 24]])).item():.2f}"
+            cells.append(f"{iou(segment_box(reg, sal, seg, 'best', None))} / {iou(segment_region(reg, sal, seg, 0.2))}")
         out.append(f"| {noise:g} | " + " | ".join(cells) + " |")
     return out
 
@@ -159,7 +169,7 @@ def report(rows, secs):
     d = pd.DataFrame([{k: v for k,v in r.items() if k!='per_file'} for r in rows])
     d = d[d.accuracy >= L.FULL['min_acc']]
     tr,ho = d[d.domain!=L.HELD_OUT],d[d.domain==L.HELD_OUT]
-    worst = {v: min(tr[tr.scale==s][v].mean() for s in (1, 2)) for v in VARIANTS[2:]}
+    worst = {v: min(tr[tr.scale==s][v].mean() for s in (1, 2)) for v in CANDIDATES}
     pick = max(worst, key=worst.get)
     out = ["# Candidate: the box of the image segment the input gradient points to (measured before it is built)", "",
            f"`python bench/segment_boxes.py` on {os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {secs/60:.1f} min. "
@@ -169,18 +179,18 @@ def report(rows, secs):
            "| box | tuning, 96 px | held out, 96 px | tuning, 192 px | held out, 192 px |", "|---|---|---|---|---|"]
     for v in VARIANTS:
         cells = [ms(x[x.scale==s][v]) for s in (1, 2) for x in (tr, ho)]
-        out.append(f"| {'**'+v+'**' if v==pick else v} | " + " | ".join(cells) + " |")
+        out.append(f"| {'**'+v+'**' if v==pick else v}{' (built since)' if v==PRODUCT else ''} | " + " | ".join(cells) + " |")
     out += ["", "Per domain, the pick against the default box and the gradient box (96 px / 192 px):", "",
-            "| domain | default box | gradient box | " + pick + " |", "|---|---|---|---|"]
+            "| domain | default box | gradient box | " + pick + " | " + PRODUCT + " |", "|---|---|---|---|---|"]
     for name,x in d.groupby('domain', sort=False):
-        out.append(f"| {name}{' (held out)' if name==L.HELD_OUT else ''} | " + " | ".join(' / '.join(ms(x[x.scale==s][v]) for s in (1, 2)) for v in (VARIANTS[0], VARIANTS[1], pick)) + " |")
+        out.append(f"| {name}{' (held out)' if name==L.HELD_OUT else ''} | " + " | ".join(' / '.join(ms(x[x.scale==s][v]) for s in (1, 2)) for v in (VARIANTS[0], VARIANTS[1], pick, PRODUCT)) + " |")
     out += ["", f"Cost: the segmentation of one model input takes {1000*d.t_seg.sum()/d.positives.sum():.1f} ms on one CPU thread, against "
             f"{1000*d.t_cam.sum()/d.positives.sum():.1f} ms of the Grad-CAM call with the input gradient (the same files, same process)."]
     out += ["", f"With the pick among a tune step's choices (a simulation on the same hits, not `learn.tune_boxes`): on 24 labelled positives drawn at random "
             f"(50 draws a run), the best of the default box, the gradient box and {pick}, and its BoxAcc on the run's other positives, %:", ""] + tune_choice(rows, pick)
     out += ["", "A known-answer probe (no model): IoU of the best segment's box with a bright 16x16 square on a flat image, the map's "
             "region wider than the square and the saliency inside it; the square's edge, blurred or not, can be a segment of its own, "
-            "so on clean images the box is the square's core (k=100):", ""] + rim_probe()
+            "so on clean images the box is the square's core (k=100; the candidate / fastcam's mode, which joins the segments around the chosen one that lie inside the region):", ""] + rim_probe()
     return '\n'.join(out) + '\n'
 
 def picture(out, scale=1, name=None, seed=0, k=100, n=8):   # k: the rule's pick in segment_boxes.md
