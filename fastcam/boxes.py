@@ -356,11 +356,11 @@ def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
               orig_sizes, # `(H, W)` of the original images: one for all, or one per item
               geometry=None, # Anything `input_geometry` takes (usually the `DataLoaders`)
               mode:str=default_recipe['mode'], # 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (each region narrowed by the input gradient) or 'segment' (each region's image segment the input gradient points to; both `fastcam.refine`)
-              threshold:float=None, # For 'threshold' and 'gradient': fraction of the maximum; None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient' and 'segment')
+              threshold:float=None, # For 'threshold', 'gradient' and 'segment': fraction of the maximum; None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient', 0.5 for 'segment')
               grad_threshold:float=default_recipe['grad_threshold'], # For 'gradient' (and 'segment' where a region's segment is background): fraction of the input gradient's maximum inside each region
-              min_area:int=default_recipe['min_area'], # For 'threshold' and 'gradient': smallest region in original pixels
-              topk:int=None, # For 'threshold' and 'gradient': best boxes kept per map (None: every region; a box recipe keeps its `topk`)
-              score:str='max', # For 'threshold' and 'gradient': how regions are ordered before `topk`: 'max', 'mean' or 'mass' of the normalised map
+              min_area:int=default_recipe['min_area'], # For 'threshold', 'gradient' and 'segment': smallest region in original pixels
+              topk:int=None, # For 'threshold', 'gradient' and 'segment': best boxes kept per map (None: every region; a box recipe keeps its `topk`)
+              score:str='max', # For 'threshold', 'gradient' and 'segment': how regions are ordered before `topk`: 'max', 'mean' or 'mass' of the normalised map
               relu:bool=True, # ReLU before normalising the maps
               fill:float=0., # Value of unseen original pixels
               original=None, # The maps already in original pixels, one `[T, H, W]` per item (`res.original_maps(i)`), not computed again

@@ -34,8 +34,8 @@ def test_help_shows_parameters_and_meanings():
     cam_doc = pydoc.render_doc(Learner.cam, renderer=pydoc.plaintext)
     for p in ('layer: ', 'target: ', 'method: ', 'tta: ', 'bs: ', "'gradcampp'", 'layer_summary'): assert p in cam_doc, p
     box_doc = pydoc.render_doc(CamResult.boxes, renderer=pydoc.plaintext)
-    for p in ("threshold: For 'threshold' and 'gradient': fraction of the maximum", 'grad_threshold: ', 'min_area: ', 'topk: ', 'geometry: '): assert p in box_doc, p
+    for p in ("threshold: For 'threshold', 'gradient' and 'segment': fraction of the maximum", 'grad_threshold: ', 'min_area: ', 'topk: ', 'geometry: '): assert p in box_doc, p
     sig = inspect.signature(CamResult.boxes).parameters
     from fastcam.tune import default_recipe
     assert sig['threshold'].default is None and default_recipe['threshold'] == 0.8 and sig['min_area'].default == 16 and 'kwargs' not in sig
-    assert "None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient' and 'segment')" in box_doc
+    assert "None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient', 0.5 for 'segment')" in box_doc

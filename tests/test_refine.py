@@ -160,21 +160,22 @@ def test_fastcam_run_gradient_mode(squares, tmp_path, capsys):
 # A threshold belongs to its box mode
 
 def _ramp_result(recipe=None):
-    "A hand-made result: one 10x10 map rising by columns (x/9), an input gradient of 1 everywhere (the gradient box is its whole region), prob 0.9"
+    "A hand-made result: one 10x10 map rising by columns (x/9), an input gradient of 1 everywhere (the gradient box is its whole region), a flat input (one segment: background), prob 0.9"
     from fastcam.core import CamResult
     m = (torch.arange(10.)/9).expand(10, 10)[None, None].clone()
     return CamResult(m, torch.tensor([[1]]), torch.tensor([[0.1, 0.9]]), vocab=['neg', 'pos'], input_size=(10, 10), orig_sizes=[(10, 10)],
-                     input_grad=torch.ones(1, 1, 10, 10), recipe=recipe)
+                     input_grad=torch.ones(1, 1, 10, 10), input_image=torch.zeros(1, 10, 10), recipe=recipe)
 
 def _box(df): return df[['x0', 'y0', 'x1', 'y1']].to_numpy(np.int64).tolist()
 
 def test_a_mode_asked_for_alone_boxes_at_its_own_threshold():
-    "Known answer (columns x/9 >= t are x >= 9t): 'gradient' alone boxes at 0.7 (columns 7-9), the plain regions at 0.8 (8-9); a recipe's threshold stays with its own mode"
+    "Known answer (columns x/9 >= t are x >= 9t): 'gradient' alone boxes at 0.7 (columns 7-9), 'segment' at 0.5 (5-9), the plain regions at 0.8 (8-9); a recipe's threshold stays with its own mode"
     from fastcam.tune import default_recipe
     res = _ramp_result()
     assert _box(res.boxes()) == _box(res.boxes(mode='threshold')) == [[8, 0, 10, 10]]
     assert _box(res.boxes(mode='gradient')) == [[7, 0, 10, 10]]
     assert _box(res.boxes(mode='gradient', threshold=0.8)) == [[8, 0, 10, 10]]
+    assert _box(res.boxes(mode='segment')) == [[5, 0, 10, 10]]   # its own 0.5 (columns 5-9); the flat input's one segment is background: the region's gradient box
     plain = _ramp_result(dict(default_recipe, threshold=0.5))          # tuned for the plain regions: columns 5-9
     assert _box(plain.boxes()) == [[5, 0, 10, 10]] and _box(plain.boxes(mode='gradient')) == [[7, 0, 10, 10]]
     grad = _ramp_result(dict(default_recipe, mode='gradient', threshold=0.6))   # tuned for the gradient mode: columns 6-9, asked for or not
