@@ -96,8 +96,8 @@ def segment_region(region, # A `regionprops` region of the map (`threshold_regio
     if len(ids):
         m = seg==ids[int(np.argmax(ndimage.mean(s, seg, ids)))]
         inside = np.zeros(seg.shape, bool); inside[ys, xs] = True
-        for k in np.unique(seg[ndimage.binary_dilation(m) & ~m]):   # its neighbours wholly inside the region: a finding's rim is often a segment of its own
-            if k >= 0 and inside[seg==k].all(): m |= seg==k
+        ks = np.unique(seg[ndimage.binary_dilation(m) & ~m]); ks = ks[ks >= 0]   # its neighbours...
+        if len(ks): m |= np.isin(seg, ks[ndimage.minimum(inside, seg, ks).astype(bool)])   # ...that lie wholly inside the region: a finding's rim is often a segment of its own
         if m.sum() <= max_segment*m.size:
             yy,xx = np.nonzero(m)
             return [int(xx.min()), int(yy.min()), int(xx.max())+1, int(yy.max())+1]
@@ -110,9 +110,10 @@ def segment_boxes(m, # One normalised map `[H, W]` in original pixels (NaN where
                   grad_threshold:float, # For a region whose segment is background (see `segment_region`)
                   min_area:int=16, # Smallest region, in pixels
                   score:str='max') -> np.ndarray: # How regions are ordered (as `threshold_boxes`)
-    "Boxes `[n, 4]`, one per region of `m` above `threshold` in `threshold_boxes`' order, each the box of its segment (`segment_region`)"
+    "Boxes `[n, 4]`, one per region of `m` above `threshold` in `threshold_boxes`' order, each the box of its segment (`segment_region`); two regions that choose one segment give one box"
     regs,_ = threshold_regions(m, threshold, min_area, score, relu=False)
-    return np.array([segment_region(r, s, seg, grad_threshold, min_area) for r in regs], np.int64).reshape(-1, 4)
+    bx = [segment_region(r, s, seg, grad_threshold, min_area) for r in regs]
+    return np.array([b for k,b in enumerate(bx) if b not in bx[:k]], np.int64).reshape(-1, 4)
 
 def check_segment_mode(res, grad_threshold):
     "One-line errors unless `res` carries its input gradient and input image and `grad_threshold` is a fraction"
