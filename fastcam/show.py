@@ -211,12 +211,12 @@ def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
               show_maps:bool=False, # Draw the maps at layer resolution
               show_img:bool=True, # Draw the boxes on the image at its original resolution
               color='red', # One color, a list (one per box) or a dict per class name
-              mode:str=None, # 'threshold' (connected regions), 'peak' (the highest cell) or 'gradient' (regions narrowed by the input gradient, `fastcam.refine`); None: the box recipe's
+              mode:str=None, # 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (regions narrowed by the input gradient) or 'segment' (the image segment it points to in each region; both `fastcam.refine`); None: the box recipe's
               target=None, # Which classes: None (predicted), 'all', an int or a class name
               method=None, # A method name from `fastcam.methods.methods`; None: the box recipe's
-              threshold:float=None, # For 'threshold' and 'gradient': fraction of the map's maximum; None: the box recipe's
-              grad_threshold:float=None, # For 'gradient': fraction of the input gradient's maximum inside a region; None: the box recipe's
-              min_area:int=None, # For 'threshold' and 'gradient': smallest region, in original pixels; None: the box recipe's
+              threshold:float=None, # For 'threshold', 'gradient' and 'segment': fraction of the map's maximum; None: the box recipe's (or, with a mode other than the recipe's, that mode's own)
+              grad_threshold:float=None, # For 'gradient' (and 'segment', in a region whose segment is background): fraction of the input gradient's maximum inside a region; None: the box recipe's
+              min_area:int=None, # For 'threshold', 'gradient' and 'segment': smallest region, in original pixels; None: the box recipe's
               topk:int=None, # Best boxes kept per map; None: the box recipe's (1 in `default_recipe`)
               min_prob:float=MIN_PROB, # No box for a class whose probability is below this (the table says 'below min_prob')
               confirm:bool=False, # Let the model choose and score the box among candidate regions (`fastcam.confirm`)
