@@ -74,11 +74,6 @@ def with_share(b, res):
         sh.append(float(box_mass_share(m, [[int(r.x0), int(r.y0), int(r.x1), int(r.y1)]])[0])); ar.append((int(r.x1)-int(r.x0))*(int(r.y1)-int(r.y0))/m.numel())
     return b.assign(share=sh, area=ar)
 
-def _iou(a, b):
-    ix,iy = max(0, min(a[2], b[2])-max(a[0], b[0])),max(0, min(a[3], b[3])-max(a[1], b[1]))
-    u = (a[2]-a[0])*(a[3]-a[1]) + (b[2]-b[0])*(b[3]-b[1]) - ix*iy
-    return ix*iy/u if u > 0 else 0.
-
 def with_agreement(b, res, threshold, grad_threshold=0.2, step=0.1):
     """`b` with two agreements of each box, made without the truth: `agree`, its IoU with the box the model's input gradient
     supports inside the box's own region (`fastcam.refine.refine_region`, the 'gradient' mode's box; 1 when the gradient
@@ -97,8 +92,9 @@ def with_agreement(b, res, threshold, grad_threshold=0.2, step=0.1):
             cache[i] = ({tuple(region_box(g)): g for g in regs}, sal, near)
         regs,sal,near = cache[i]
         box = (int(r.x0), int(r.y0), int(r.x1), int(r.y1))
-        ag.append(_iou(box, refine_region(regs[box], sal, grad_threshold, 16)) if box in regs else 1.)
-        st.append(np.mean([max([_iou(box, o) for o in bs], default=0.) for bs in near]))
+        iou = lambda o: box_iou(torch.tensor([box]), torch.tensor(o).reshape(-1, 4)).reshape(-1)
+        ag.append(iou(refine_region(regs[box], sal, grad_threshold, 16)).item() if box in regs else 1.)
+        st.append(np.mean([iou(bs).max().item() if len(bs) else 0. for bs in near]))
     return b.assign(agree=ag, stable=st)
 
 def with_hits(df, files, gt):

@@ -9,7 +9,7 @@ one image segment inside the map's top region:
 - the model input of each file (as `learn.dls.test_dl` makes it), its channel mean min-max scaled to 0..1 per image, is
   cut into segments by Felzenszwalb & Huttenlocher's graph-based segmentation (2004; `skimage.segmentation.felzenszwalb`,
   `scale` k, sigma 0.8, min_size 8 input pixels) at the model input's size, so that k means the same for any original
-  size; the label image is carried to original pixels exactly (nearest input pixel, through the same inverse geometry
+  size (`fastcam.refine.input_segments`, on the result's `input_image`); the label image is carried to original pixels exactly (nearest input pixel, through the same inverse geometry
   as the maps, `fastcam.boxes.maps_to_original` of the input's pixel coordinates);
 - inside the map's top region at threshold 0.7 (the gradient mode's own), **peak segment**: the segment holding the
   input saliency's maximum (`fastcam.refine.original_saliency`); **best segment**: of the segments that meet the
@@ -46,31 +46,12 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 sys.path.insert(0, str(Path(__file__).parent))
 import localization as L
+from fastcam.refine import input_segments, original_segments   # the segments as the built mode makes them
 
 KS,BIG = (20, 50, 100),0.25
 CANDIDATES = [f'{v} segment k={k}' for v in ('peak', 'best') for k in KS]
 PRODUCT = "fastcam's mode 'segment' (t=0.7)"   # built since: the best segment at k=100 joined with its neighbours inside the region (`fastcam.refine.segment_region`)
 VARIANTS = ['default box (t=0.8)', 'gradient box (t=0.7, u=0.2)'] + CANDIDATES + [PRODUCT]
-
-def input_segments(xb:torch.Tensor, k:float) -> np.ndarray:
-    "Felzenszwalb labels `[B, h, w]` of each model input's channel mean, min-max scaled per image"
-    from skimage.segmentation import felzenszwalb
-    g = xb.float().mean(1).cpu().numpy()
-    out = []
-    for a in g:
-        a = (a - a.min())/max(float(np.ptp(a)), 1e-9)
-        out.append(felzenszwalb(a, scale=k, sigma=0.8, min_size=8))
-    return np.stack(out)
-
-def labels_to_original(lab:np.ndarray, orig_size, geometry) -> np.ndarray:
-    "The label image `[h, w]` in original pixels: each pixel takes its nearest input pixel's label (-1 where the model saw nothing)"
-    from fastcam.boxes import maps_to_original
-    h,w = lab.shape
-    yy,xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing='ij')
-    c = maps_to_original(torch.stack([yy, xx]), orig_size, geometry, float('nan')).numpy()   # bilinear of a linear map: the exact input coordinate
-    ok = ~np.isnan(c[0])
-    y,x = np.clip(np.nan_to_num(c[0]).round().astype(int), 0, h-1),np.clip(np.nan_to_num(c[1]).round().astype(int), 0, w-1)
-    return np.where(ok, lab[y, x], -1)
 
 def segment_box(region, s:np.ndarray, seg:np.ndarray, how:str, fallback):
     "The box of the chosen segment in `region` (the peak's, or the highest mean saliency's); `fallback` for a segment over BIG of the image"
@@ -88,7 +69,7 @@ def one(scale, name, seed):
     torch.set_num_threads(1)
     from fastcam.core import learner_cam
     from fastcam.boxes import threshold_regions, threshold_boxes
-    from fastcam.refine import original_saliency, refine_region, segment_region, original_segments, input_segments as product_segments
+    from fastcam.refine import original_saliency, refine_region, segment_region
     from fastcam.metrics import box_iou
     from fastcam.tune import default_recipe, mode_thresholds
     cfg = L.FULL
@@ -99,9 +80,8 @@ def one(scale, name, seed):
     t0 = time.perf_counter()
     r = learner_cam(learn, files, None, 'nodule', 'gradcam', bs=32, input_grad=True)
     t_cam = time.perf_counter() - t0
-    xb = torch.cat([b[0] for b in learn.dls.test_dl(files, bs=32)]).as_subclass(torch.Tensor)
     t0 = time.perf_counter()
-    segs = {k: input_segments(xb, k) for k in KS}
+    segs = {k: [input_segments(im, k) for im in r.input_image] for k in KS}   # the model input the maps were made from
     t_seg = (time.perf_counter() - t0)/len(KS)
     hits = {v: [] for v in VARIANTS}
     for i,f in enumerate(files):
@@ -118,9 +98,9 @@ def one(scale, name, seed):
         gb = refine_region(regs[0], s, default_recipe['grad_threshold'], default_recipe['min_area'])
         hits[VARIANTS[1]].append(hit(gb))
         for k in KS:
-            seg = labels_to_original(segs[k][i], hw, r.geometry)
+            seg = original_segments(segs[k][i], hw, r.geometry)
             for how in ('peak', 'best'): hits[f'{how} segment k={k}'].append(hit(segment_box(regs[0], s, seg, how, gb)))
-        seg = original_segments(product_segments(r.input_image[i]), hw, r.geometry)
+        seg = original_segments(segs[100][i], hw, r.geometry)
         hits[PRODUCT].append(hit(segment_region(regs[0], s, seg, default_recipe['grad_threshold'], default_recipe['min_area'])))
     return dict(scale=scale, domain=name, seed=seed, accuracy=info['accuracy'], positives=len(files), t_cam=t_cam, t_seg=t_seg,
                 **{v: float(np.mean(h)) for v,h in hits.items()}, per_file={v: [bool(x) for x in h] for v,h in hits.items()})
@@ -157,7 +137,7 @@ def rim_probe() -> list:
         for sig in (0, 1, 2):
             im = np.zeros((40, 40)); im[8:24, 12:28] = 1.
             im = (gaussian_filter(im, sig) if sig else im) + noise*rng.standard_normal(im.shape)
-            seg = input_segments(torch.tensor(im)[None, None].float(), 100)[0]
+            seg = input_segments(torch.tensor(im).float(), 100)
             iou = lambda b: f"{box_iou(torch.tensor([b]).float(), torch.tensor([[12., 8, 28, 24]])).item():.2f}"
             cells.append(f"{iou(segment_box(reg, sal, seg, 'best', None))} / {iou(segment_region(reg, sal, seg, 0.2))}")
         out.append(f"| {noise:g} | " + " | ".join(cells) + " |")
@@ -209,8 +189,7 @@ def picture(out, scale=1, name=None, seed=0, k=100, n=8):   # k: the rule's pick
     gt = L.gt_dict(path)
     files = [str(path/f) for f in df.file[df.is_valid] if str(path/f) in gt][:n]
     r = learner_cam(learn, files, None, 'nodule', 'gradcam', input_grad=True)
-    xb = torch.cat([b[0] for b in learn.dls.test_dl(files, bs=n)]).as_subclass(torch.Tensor)
-    segs = input_segments(xb, k)
+    segs = [input_segments(im, k) for im in r.input_image]
     fig,axs = plt.subplots(2, n//2, figsize=(3*n//2, 6.4))
     for i,(f,ax) in enumerate(zip(files, axs.flat)):
         hw = r.orig_sizes[i]; mo = r.original_maps(i, fill=0.)[0]
@@ -218,7 +197,7 @@ def picture(out, scale=1, name=None, seed=0, k=100, n=8):   # k: the rule's pick
         regs,_ = threshold_regions(mo, mode_thresholds['gradient'], default_recipe['min_area'], 'max', relu=False)
         s = original_saliency(r.input_grad[i, 0], hw, r.geometry)
         gb = refine_region(regs[0], s, default_recipe['grad_threshold'], default_recipe['min_area']) if regs else None
-        sb = segment_box(regs[0], s, labels_to_original(segs[i], hw, r.geometry), 'best', gb) if regs else None
+        sb = segment_box(regs[0], s, original_segments(segs[i], hw, r.geometry), 'best', gb) if regs else None
         ax.imshow(np.asarray(original_image(f)), cmap='bone'); ax.set_axis_off(); ax.set_title(Path(f).stem, fontsize=9)
         for box,c,lw in [(t, 'white', 2.5) for t in gt[f].tolist()] + [(b[0] if len(b) else None, 'red', 1.5), (gb, 'orange', 1.5), (sb, 'cyan', 1.5)]:
             if box is not None: ax.add_patch(patches.Rectangle((box[0], box[1]), box[2]-box[0], box[3]-box[1], fill=False, ec=c, lw=lw))
