@@ -90,18 +90,26 @@ def segment_region(region, # A `regionprops` region of the map (`threshold_regio
                    seg:np.ndarray, # Segment labels `[H, W]` in the same pixels (`original_segments`)
                    grad_threshold:float, # For a region whose segment is background: its gradient box (`refine_region`)
                    min_area:int=16) -> list:
-    "`(x0, y0, x1, y1)`: the box of the segment `region` meets whose mean saliency is highest, with its neighbours that lie wholly inside `region`; the gradient box when that covers over `max_segment` of the image"
+    "`(x0, y0, x1, y1)`: the box of the segment `region` meets whose mean saliency is highest, with its neighbours that lie wholly inside `region`; the gradient box when that segment covers over `max_segment` of the image or its box is larger than the region's own"
+    m = _region_segment(region, s, seg)
+    if m is not None and m.sum() <= max_segment*m.size:
+        yy,xx = np.nonzero(m)
+        b = [int(xx.min()), int(yy.min()), int(xx.max())+1, int(yy.max())+1]
+        if _area(b) <= _area(region_box(region)): return b   # the map bounds where the evidence is: a segment spilling past it is anatomy, not the finding
+    return refine_region(region, s, grad_threshold, min_area)
+
+def _area(b): return (b[2]-b[0])*(b[3]-b[1])
+
+def _region_segment(region, s:np.ndarray, seg:np.ndarray):
+    "Mask `[H, W]` of the segment `region` meets whose mean saliency `s` is highest, joined with its neighbours that lie wholly inside `region`; None where `region` meets no segment"
     ys,xs = region.coords[:, 0],region.coords[:, 1]
     ids = np.unique(seg[ys, xs]); ids = ids[ids >= 0]
-    if len(ids):
-        m = seg==ids[int(np.argmax(ndimage.mean(s, seg, ids)))]
-        inside = np.zeros(seg.shape, bool); inside[ys, xs] = True
-        ks = np.unique(seg[ndimage.binary_dilation(m) & ~m]); ks = ks[ks >= 0]   # its neighbours...
-        if len(ks): m |= np.isin(seg, ks[ndimage.minimum(inside, seg, ks).astype(bool)])   # ...that lie wholly inside the region: a finding's rim is often a segment of its own
-        if m.sum() <= max_segment*m.size:
-            yy,xx = np.nonzero(m)
-            return [int(xx.min()), int(yy.min()), int(xx.max())+1, int(yy.max())+1]
-    return refine_region(region, s, grad_threshold, min_area)
+    if not len(ids): return None
+    m = seg==ids[int(np.argmax(ndimage.mean(s, seg, ids)))]
+    inside = np.zeros(seg.shape, bool); inside[ys, xs] = True
+    ks = np.unique(seg[ndimage.binary_dilation(m) & ~m]); ks = ks[ks >= 0]   # its neighbours...
+    if len(ks): m |= np.isin(seg, ks[ndimage.minimum(inside, seg, ks).astype(bool)])   # ...that lie wholly inside the region: a finding's rim is often a segment of its own
+    return m
 
 def segment_boxes(m, # One normalised map `[H, W]` in original pixels (NaN where unseen)
                   s:np.ndarray, # The input saliency `[H, W]` in the same pixels

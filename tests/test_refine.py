@@ -253,3 +253,15 @@ def test_segment_recipe_everywhere(squares, tmp_path, capsys):
     assert (_ious(pd.read_csv(tmp_path/'s'/'boxes.csv'), bx) >= 0.5).all()
     opts = json.loads((tmp_path/'s'/'run.json').read_text())['options']
     assert (opts['mode'], opts['threshold'], opts['grad_threshold']) == ('segment', 0.3, 0.2)
+
+def test_a_segment_spilling_past_its_region_keeps_the_gradient_box():
+    "Known answer, no model: a bright 24x24 rectangle is one segment; a map region inside it is bounded by the map, so the box is where the saliency is (the gradient box), not the rectangle; a region around the rectangle gets the rectangle"
+    from fastcam.refine import input_segments, segment_boxes
+    im = torch.zeros(64, 64); im[10:34, 20:44] = 1.                 # the segment: x 20-43, y 10-33 (14 % of the image: not background)
+    sg = input_segments(im)
+    sal = np.zeros((64, 64)); sal[18:24, 28:34] = 1.                # the input saliency: a 6x6 patch inside it
+    inner = torch.zeros(64, 64); inner[14:28, 24:38] = 1.           # a map region inside the rectangle (14x14): its segment's box is larger than its own
+    assert segment_boxes(inner, sal, sg, 0.5, 0.2).tolist() == [[28, 18, 34, 24]]      # the saliency patch's box
+    outer = torch.zeros(64, 64); outer[6:38, 16:48] = 1.            # a region around the rectangle
+    ob = segment_boxes(outer, sal, sg, 0.5, 0.2)
+    assert len(ob) == 1 and box_iou(torch.tensor(ob), torch.tensor([[20, 10, 44, 34]])).item() > 0.8, ob   # the rectangle's box (on a flat image its 1-px rim may be a segment of its own)
