@@ -148,6 +148,33 @@ def _train_times(infos):
 def summary_line(label, d):
     return f"| {label} | {len(d)} | " + ' | '.join(ms(d[m], m!='s_per_item') for m in METRICS) + ' |'
 
+HOLDS = ("A box mode that needs the input gradient ('gradient', 'segment') may be the default only where it **holds**: fixed before "
+         "its first run, at the defaults' layer without tta, the mode's best threshold by the tuning domains' mean BoxAcc@0.5 holds "
+         "when on **every** tuning domain its mean BoxAcc@0.5 is at least the plain default's (a default must not box fewer findings "
+         "than today's anywhere, the softest lesions included). fastcam's default changes to the holding mode with the higher tuning "
+         "mean only if it holds at both scales (96 and 192 px: `localization_gradcam.md`, `localization_x2_gradcam.md`). The held-out "
+         "domain is not used. Cost, for the decision: such a mode makes each map's backward run on to the input, about 2.1-2.4x a map "
+         "on the CPU (`refine.md`), and 'segment' adds the input's segmentation, about 0.7x (`segment_boxes.md`).")
+
+def holds_section(tr, ho, tune_doms, plain, cands) -> list:
+    "Markdown lines: per tuning domain, the plain default's BoxAcc@0.5 beside each input mode's best (`cands`: (mode, key)); whether each holds (HOLDS); their held-out BoxAcc"
+    cands = [(m, k) for m,k in cands if k is not None]
+    acc = lambda d, k: tr[(tr.domain==d) & (tr.key==k)].box_acc.mean()
+    L = ['', "## Can a mode that needs the input gradient be the default?", '', HOLDS, '',
+         "| tuning domain | plain default | " + ' | '.join(f"best {m} box ({k.split(' tta=False ')[-1]})" for m,k in cands) + " |", "|---|---|" + "---|"*len(cands)]
+    ok = {m: True for m,_ in cands}
+    for d in tune_doms:
+        p = acc(d, plain)
+        for m,k in cands: ok[m] &= bool(acc(d, k) >= p)
+        L.append(f"| {d} | {ms(tr[(tr.domain==d) & (tr.key==plain)].box_acc)} | " + ' | '.join(ms(tr[(tr.domain==d) & (tr.key==k)].box_acc) for _,k in cands) + " |")
+    L.append(f"| **tuning mean** | {ms(tr[tr.key==plain].box_acc)} | " + ' | '.join(ms(tr[tr.key==k].box_acc) for _,k in cands) + " |")
+    L.append(f"| holds (not below the plain default on any tuning domain) | - | " + ' | '.join('**yes**' if ok[m] else 'no' for m,_ in cands) + " |")
+    L.append(f"| held out (not used) | {ms(ho[ho.key==plain].box_acc)} | " + ' | '.join(ms(ho[ho.key==k].box_acc) for _,k in cands) + " |")
+    held = [(m, k) for m,k in cands if ok[m]]
+    pick = max(held, key=lambda mk: tr[tr.key==mk[1]].box_acc.mean())[0] if held else None
+    L += ['', f"At this scale: {'**' + pick + '** holds with the higher tuning mean' if pick else 'no such mode holds'}."]
+    return L
+
 HEAD = "| recipe | runs | pointing % | BoxAcc@0.5 % | MaxBoxAccV2 % | AP@0.5 % | score AUROC % | ms / item |\n|---|---|---|---|---|---|---|---|"
 
 def report(all_rows, tuned, cfg, infos, secs, a_jobs):
@@ -194,6 +221,7 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
     L += ['', "## Per tuning domain: old defaults and chosen defaults", '', HEAD]
     for d in tune_doms:
         for lab,k in (('old defaults', old), ('chosen defaults', best), *extra, ("table's best", winner)): L.append(summary_line(f"{d}: {lab} ({k})", tr[(tr.domain==d) & (tr.key==k)]))
+    L += holds_section(tr, ho, tune_doms, best, (('gradient', other), ('segment', seg)))
     L += ['', f"## Held-out domain `{HELD_OUT}` (used in no choice)", '', HEAD,
           summary_line(f"old defaults ({old})", ho[ho.key==old]),
           summary_line(f"chosen defaults, no labels ({best})", ho[ho.key==best]),
