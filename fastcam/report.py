@@ -211,7 +211,7 @@ def _run_section(info) -> str:
     rows = [(k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, bool) else str(v)) for k,v in _flat(info)]   # as given: 0.7 stays 0.7
     d = dict(rows)
     key = [('model', 'model.file'), ('sha256', 'model.sha256'), ('method', 'options.method'), ('layer', 'options.layer'), ('box mode', 'options.mode'), ('threshold', 'options.threshold'),
-           ('gradient threshold', 'options.grad_threshold'), ('tta', 'options.tta'), ('box recipe', 'recipe.source'), ('min_prob', 'options.min_prob'), ('target', 'options.target'), ('fastcam', 'versions.fastcam'), ('date', 'date')]
+           ('gradient threshold' + (' (for a region whose segment is refused)' if d.get('options.mode')=='segment' else ''), 'options.grad_threshold'), ('tta', 'options.tta'), ('box recipe', 'recipe.source'), ('min_prob', 'options.min_prob'), ('target', 'options.target'), ('fastcam', 'versions.fastcam'), ('date', 'date')]
     brief = _table([(n, d[k][:16] + '…' if n=='sha256' and len(d[k]) > 16 else d[k]) for n,k in key if d.get(k) not in (None, '')], ['what', 'value'], 'run')
     return (f"<h2 id='run'>Run</h2>{brief}<details><summary>all run metadata ({len(rows)} entries: versions, command line, ...)</summary>"
             + _table(rows, ['what', 'value'], 'run') + "</details>")
