@@ -51,12 +51,11 @@ DEFAULTS = ("The defaults of `get_boxes`, `CamResult.boxes` (which keeps every r
             "is what moves most between domains (the table's best on the tuning domains fuses four stages and does worse on the held-out one); and **tta is off**, "
             "because averaging with the mirror image is only right for models trained with mirror images (many chest X-ray models are not; the benchmark's are, "
             "so its tta lines are an upper bound). The **threshold** is the table's: the best mean BoxAcc@0.5 over the tuning domains at that layer without tta, "
-            "for the map's own regions ('threshold'). The table also measures regions narrowed by the model's input gradient ('gradient', `fastcam.refine`), and the same "
-            "rule's pick among them gets its own lines ('best gradient box'); that mode is the tune step's choice, not the default, because it makes every map run the "
-            "backward on to the input (bench/results/refine.md) and because its best thresholds move with the scale (the hand-written section of localization.md). "
-            "So do boxes of the image segment the input gradient points to in each region ('segment', `fastcam.refine`; 'best segment box'), never a default because "
-            "a finding without edges has no segment of its own (on the softest domain they box fewer lesions than the default box, bench/results/segment_boxes.md). "
-            "The tune step (`learn.tune_boxes`, `fastcam tune`) chooses all of them on the user's own labelled files.")
+            "for the map's own regions ('threshold'): the **plain default box**. The table also measures regions narrowed by the model's input gradient ('gradient', `fastcam.refine`) "
+            "and boxes of the image segment the input gradient points to in each region ('segment', `fastcam.refine`); the same rule's pick in each mode gets its own lines "
+            "('best gradient box', 'best segment box'). Such a mode makes every map run the backward on to the input, so it replaces the plain default box only by the rule of "
+            "the section 'Can a mode that needs the input gradient be the default?', at both scales. "
+            "The tune step (`learn.tune_boxes`, `fastcam tune`) chooses among all of them on the user's own labelled files.")
 METRICS = ['pointing', 'box_acc', 'max_box_acc_v2', 'ap50', 'score_auroc', 's_per_item']
 
 def domain_opts(name, scale=1):
@@ -195,7 +194,7 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
     seg = next((k for k in fixed_order if ' segment ' in k), None)        # and among segment boxes
     old = _key(pd.DataFrame([dict(method='gradcam', layer='stage:-1', tta=False, threshold=0.7)])).iloc[0]
     dflt = _key(pd.DataFrame([dict(default_recipe, layer='stage:-1')])).iloc[0]   # fastcam's defaults as they are (chosen at scale 1)
-    extra = ([] if dflt==best else [('fastcam default_recipe', dflt)]) + ([] if other is None else [("best gradient box at the defaults' layer, not the default", other)]) + \
+    extra = ([] if dflt==best else [("fastcam's default (default_recipe)", dflt)]) + ([] if other is None else [("best gradient box at the defaults' layer, not the default", other)]) + \
             ([] if seg is None else [("best segment box at the defaults' layer, not the default", seg)])
     chosen = tr[tr.key==best].iloc[0]
     sc = cfg['scale']
@@ -212,25 +211,26 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
     L += [f"- `{d}`{' (HELD OUT)' if d==HELD_OUT else ''}: {({**DOMAINS[d], 'size': domain_opts(d, sc)['size']} if 'size' in DOMAINS[d] else DOMAINS[d])}; accuracy {ms([i['accuracy'] for i in infos if i['domain']==d])} %" for d in cfg['domains']]
     L += ['', f"Runs whose model did not learn the task (validation accuracy < {MIN_ACC}) are left out of every line below: a map of a model that does not see the lesion says nothing about a box recipe. Left out: {', '.join(skipped) or 'none'}.",
           '', "## Chosen defaults", '', DEFAULTS, '',
-          (f"Chosen: **{best}** (`fastcam.tune.default_recipe`)." if cfg['scale']==1 else
-           f"At this scale the same rule picks **{best}**; fastcam's `default_recipe` (chosen at scale 1) is {dflt}{' (the same)' if dflt==best else ''}.") +
+          f"With the map's own regions the rule picks **{best}**{' at this scale' if sc!=1 else ''}; fastcam's `default_recipe` is **{dflt}**" +
+          (" (the same)." if dflt==best else ", a mode that needs the input gradient, by the rule of the section 'Can a mode that needs the input gradient be the default?' at both scales.") +
           f" The best recipe of the whole table on the tuning domains is {winner}; its held-out line is below, for information only.", '',
           "## Tuning domains: every method x layers x tta x box mode at its best thresholds (mean +- sd over domain x seed runs)", '', HEAD]
     tr_best = order.reset_index().assign(mk=lambda d: d.key.str.rsplit(' t=', n=1).str[0]).drop_duplicates('mk')
     for k in tr_best.key: L.append(summary_line(k, tr[tr.key==k]))
-    L += ['', "## Per tuning domain: old defaults and chosen defaults", '', HEAD]
+    L += ['', "## Per tuning domain: old defaults, the plain default box and the others", '', HEAD]
     for d in tune_doms:
-        for lab,k in (('old defaults', old), ('chosen defaults', best), *extra, ("table's best", winner)): L.append(summary_line(f"{d}: {lab} ({k})", tr[(tr.domain==d) & (tr.key==k)]))
+        for lab,k in (('old defaults', old), ('plain default box', best), *extra, ("table's best", winner)): L.append(summary_line(f"{d}: {lab} ({k})", tr[(tr.domain==d) & (tr.key==k)]))
     L += holds_section(tr, ho, tune_doms, best, (('gradient', other), ('segment', seg)))
     L += ['', f"## Held-out domain `{HELD_OUT}` (used in no choice)", '', HEAD,
           summary_line(f"old defaults ({old})", ho[ho.key==old]),
-          summary_line(f"chosen defaults, no labels ({best})", ho[ho.key==best]),
+          summary_line(f"plain default box, no labels ({best})", ho[ho.key==best]),
           *[summary_line(f"{lab}, no labels ({k})", ho[ho.key==k]) for lab,k in extra],
           summary_line(f"the tuning domains' best recipe, not chosen ({winner})", ho[ho.key==winner])]
     if tuned is not None:
         L.append(summary_line(f"tune step on {cfg['labelled']} labelled training files (choices: {', '.join(sorted(set(_key(tuned))))})", tuned))
     ha = all_rows[all_rows.domain==HELD_OUT]; ha = ha.assign(key=_key(ha))
-    L += [summary_line(f"all held-out runs, learned or not: old defaults", ha[ha.key==old]), summary_line(f"all held-out runs, learned or not: chosen defaults", ha[ha.key==best])]
+    L += [summary_line(f"all held-out runs, learned or not: old defaults", ha[ha.key==old]), summary_line(f"all held-out runs, learned or not: plain default box", ha[ha.key==best])] + \
+         ([] if dflt==best else [summary_line(f"all held-out runs, learned or not: fastcam's default", ha[ha.key==dflt])])
     if len(ho):
         hb = ho.groupby('key')[METRICS].mean().sort_values('box_acc', ascending=False).index[0]
         L.append(summary_line(f"oracle: best recipe on the held-out validation itself ({hb})", ho[ho.key==hb]))

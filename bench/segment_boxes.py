@@ -25,8 +25,9 @@ Since built as the box mode 'segment' (`fastcam.refine`: the best segment at k=1
 it that lie wholly inside the region, against a finding's rim), measured on its own line beside the candidates (not
 part of the rule's choice).
 
-And a lead found in review, not built: the built mode with its box capped at its region's own box (a larger segment
-box falls back to the gradient box: the map bounds where the evidence is, with no prior on a finding's size).
+Capped since (a lead found in review, measured here first): a segment box larger than its region's own box falls back
+to the gradient box (the map bounds where the evidence is, with no prior on a finding's size); the mode as first built,
+without the cap, has its own line.
 
 Baselines on the same files: the default box (`fastcam.tune.default_recipe`: the map's region at 0.8) and the gradient
 mode at its own thresholds (0.7, 0.2). BoxAcc@0.5 of the top box on each run's validation positives, Grad-CAM at the
@@ -49,13 +50,13 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 sys.path.insert(0, str(Path(__file__).parent))
 import localization as L
-from fastcam.refine import input_segments, original_segments   # the segments as the built mode makes them
+from fastcam.refine import input_segments, original_segments, _region_segment, max_segment   # the segments as the built mode makes them
 
 KS,BIG = (20, 50, 100),0.25
 CANDIDATES = [f'{v} segment k={k}' for v in ('peak', 'best') for k in KS]
-PRODUCT = "fastcam's mode 'segment' (t=0.7)"   # built since: the best segment at k=100 joined with its neighbours inside the region (`fastcam.refine.segment_region`)
-CAPPED = PRODUCT[:-1] + ", its box capped at its region's)"   # a lead found in review: a segment box larger than its region's own box falls back to the gradient box (not built)
-VARIANTS = ['default box (t=0.8)', 'gradient box (t=0.7, u=0.2)'] + CANDIDATES + [PRODUCT, CAPPED]
+PRODUCT = "fastcam's mode 'segment' (t=0.7)"   # built since: the best segment at k=100 joined with its neighbours inside the region, its box capped at the region's own (`fastcam.refine.segment_region`)
+UNCAPPED = "the mode before its cap (t=0.7)"   # as first built: no cap (a segment box larger than its region's own box was kept)
+VARIANTS = ['default box (t=0.8)', 'gradient box (t=0.7, u=0.2)'] + CANDIDATES + [PRODUCT, UNCAPPED]
 
 def segment_box(region, s:np.ndarray, seg:np.ndarray, how:str, fallback):
     "The box of the chosen segment in `region` (the peak's, or the highest mean saliency's); `fallback` for a segment over BIG of the image"
@@ -72,7 +73,7 @@ def segment_box(region, s:np.ndarray, seg:np.ndarray, how:str, fallback):
 def one(scale, name, seed):
     torch.set_num_threads(1)
     from fastcam.core import learner_cam
-    from fastcam.boxes import threshold_regions, threshold_boxes, region_box
+    from fastcam.boxes import threshold_regions, threshold_boxes
     from fastcam.refine import original_saliency, refine_region, segment_region
     from fastcam.metrics import box_iou
     from fastcam.tune import default_recipe, mode_thresholds
@@ -107,8 +108,8 @@ def one(scale, name, seed):
         seg = original_segments(segs[100][i], hw, r.geometry)
         pb = segment_region(regs[0], s, seg, default_recipe['grad_threshold'], default_recipe['min_area'])
         hits[PRODUCT].append(hit(pb))
-        area = lambda b: (b[2]-b[0])*(b[3]-b[1])
-        hits[CAPPED].append(hit(gb if area(pb) > area(region_box(regs[0])) else pb))
+        m = _region_segment(regs[0], s, seg)
+        hits[UNCAPPED].append(hit(gb if m is None or m.sum() > max_segment*m.size else [int(np.nonzero(m)[1].min()), int(np.nonzero(m)[0].min()), int(np.nonzero(m)[1].max())+1, int(np.nonzero(m)[0].max())+1]))
     return dict(scale=scale, domain=name, seed=seed, accuracy=info['accuracy'], positives=len(files), t_cam=t_cam, t_seg=t_seg,
                 **{v: float(np.mean(h)) for v,h in hits.items()}, per_file={v: [bool(x) for x in h] for v,h in hits.items()})
 
@@ -166,11 +167,11 @@ def report(rows, secs):
            "| box | tuning, 96 px | held out, 96 px | tuning, 192 px | held out, 192 px |", "|---|---|---|---|---|"]
     for v in VARIANTS:
         cells = [ms(x[x.scale==s][v]) for s in (1, 2) for x in (tr, ho)]
-        out.append(f"| {'**'+v+'**' if v==pick else v}{' (built since)' if v==PRODUCT else ' (a lead, not built)' if v==CAPPED else ''} | " + " | ".join(cells) + " |")
+        out.append(f"| {'**'+v+'**' if v==pick else v}{' (built since, capped since)' if v==PRODUCT else ' (as first built)' if v==UNCAPPED else ''} | " + " | ".join(cells) + " |")
     out += ["", "Per domain, the pick against the default box and the gradient box (96 px / 192 px):", "",
-            "| domain | default box | gradient box | " + pick + " | " + PRODUCT + " | " + CAPPED + " |", "|---|---|---|---|---|---|"]
+            "| domain | default box | gradient box | " + pick + " | " + PRODUCT + " | " + UNCAPPED + " |", "|---|---|---|---|---|---|"]
     for name,x in d.groupby('domain', sort=False):
-        out.append(f"| {name}{' (held out)' if name==L.HELD_OUT else ''} | " + " | ".join(' / '.join(ms(x[x.scale==s][v]) for s in (1, 2)) for v in (VARIANTS[0], VARIANTS[1], pick, PRODUCT, CAPPED)) + " |")
+        out.append(f"| {name}{' (held out)' if name==L.HELD_OUT else ''} | " + " | ".join(' / '.join(ms(x[x.scale==s][v]) for s in (1, 2)) for v in (VARIANTS[0], VARIANTS[1], pick, PRODUCT, UNCAPPED)) + " |")
     out += ["", f"Cost: the segmentation of one model input takes {1000*d.t_seg.sum()/d.positives.sum():.1f} ms on one CPU thread, against "
             f"{1000*d.t_cam.sum()/d.positives.sum():.1f} ms of the Grad-CAM call with the input gradient (the same files, same process)."]
     out += ["", f"With the pick among a tune step's choices (a simulation on the same hits, not `learn.tune_boxes`): on 24 labelled positives drawn at random "
@@ -181,13 +182,13 @@ def report(rows, secs):
     return '\n'.join(out) + '\n'
 
 def picture(out, scale=1, name=None, seed=0, k=100, n=8):   # k: the rule's pick in segment_boxes.md
-    "Draw `n` validation positives of one run: the truth (white), the default box (red), the gradient box (orange), the best segment's box (cyan)"
+    "Draw `n` validation positives of one run: the truth (white), the default box (red), the gradient box (orange), fastcam's segment box at its own threshold (cyan)"
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from matplotlib import patches
     from fastcam.core import learner_cam
     from fastcam.boxes import threshold_regions, threshold_boxes
-    from fastcam.refine import original_saliency, refine_region
+    from fastcam.refine import original_saliency, refine_region, segment_boxes
     from fastcam.show import original_image
     from fastcam.tune import default_recipe, mode_thresholds
     name = name or L.HELD_OUT
@@ -204,11 +205,12 @@ def picture(out, scale=1, name=None, seed=0, k=100, n=8):   # k: the rule's pick
         regs,_ = threshold_regions(mo, mode_thresholds['gradient'], default_recipe['min_area'], 'max', relu=False)
         s = original_saliency(r.input_grad[i, 0], hw, r.geometry)
         gb = refine_region(regs[0], s, default_recipe['grad_threshold'], default_recipe['min_area']) if regs else None
-        sb = segment_box(regs[0], s, original_segments(segs[i], hw, r.geometry), 'best', gb) if regs else None
+        sb = segment_boxes(mo, s, original_segments(segs[i], hw, r.geometry), mode_thresholds['segment'], default_recipe['grad_threshold'], default_recipe['min_area'])
+        sb = sb[0].tolist() if len(sb) else None
         ax.imshow(np.asarray(original_image(f)), cmap='bone'); ax.set_axis_off(); ax.set_title(Path(f).stem, fontsize=9)
         for box,c,lw in [(t, 'white', 2.5) for t in gt[f].tolist()] + [(b[0] if len(b) else None, 'red', 1.5), (gb, 'orange', 1.5), (sb, 'cyan', 1.5)]:
             if box is not None: ax.add_patch(patches.Rectangle((box[0], box[1]), box[2]-box[0], box[3]-box[1], fill=False, ec=c, lw=lw))
-    fig.suptitle(f"{name} (scale {scale}, seed {seed}): truth white, default box red, gradient box orange, best segment k={k} cyan", fontsize=10)
+    fig.suptitle(f"{name} (scale {scale}, seed {seed}): truth white, default box red, gradient box orange, fastcam's segment box (t={mode_thresholds['segment']}) cyan", fontsize=10)
     fig.tight_layout(); fig.savefig(out, dpi=80); plt.close(fig)
 
 def main():
