@@ -23,7 +23,7 @@ from fastai.vision.core import TensorBBox, LabeledBBox
 from fastai.vision.augment import (Resize, ResizeMethod, RandomResizedCrop, CropPad, RandomCrop, OldRandomCrop, RatioResize,
                                    AffineCoordTfm, RandomResizedCropGPU, SpaceTfm, RandomErasing)
 from .core import CamResult, normalize_maps, upsample_maps, with_param_docs
-from .tune import default_recipe, box_modes, input_modes, mode_thresholds   # the box defaults live in one place (fastcam.tune imports no boxes module at its top)
+from .tune import default_recipe, default_mode, box_modes, input_modes, mode_thresholds   # the box defaults live in one place (fastcam.tune imports no boxes module at its top)
 
 # %% auto #0
 __all__ = ['MIN_PROB', 'InputGeometry', 'input_geometry', 'maps_to_original', 'cell_to_original', 'peak_boxes', 'check_threshold',
@@ -355,7 +355,7 @@ def _no_box(b, t, c, name, p, reason): return (b, t, c, name, p, None, None, Non
 def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
               orig_sizes, # `(H, W)` of the original images: one for all, or one per item
               geometry=None, # Anything `input_geometry` takes (usually the `DataLoaders`)
-              mode:str=default_recipe['mode'], # 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (each region narrowed by the input gradient) or 'segment' (each region's image segment the input gradient points to; both `fastcam.refine`)
+              mode:str=None, # 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (each region narrowed by the input gradient) or 'segment' (each region's image segment the input gradient points to; both `fastcam.refine`); None: `default_recipe`'s where `res` carries its input gradient and input, else 'threshold' (`fastcam.tune.default_mode`)
               threshold:float=None, # For 'threshold', 'gradient' and 'segment': fraction of the maximum; None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient', 0.5 for 'segment')
               grad_threshold:float=default_recipe['grad_threshold'], # For 'gradient' (and 'segment' where a region's segment is background): fraction of the input gradient's maximum inside each region
               min_area:int=default_recipe['min_area'], # For 'threshold', 'gradient' and 'segment': smallest region in original pixels
@@ -371,6 +371,7 @@ def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
               xb:Tensor=None, # With `confirm`: the input batch the maps were computed on
               model=None) -> pd.DataFrame: # With `confirm`: the classifier (default: `res.model`)
     "The boxes table of `res` in original pixels: item, target, class, label, prob, x0, y0, x1, y1, score, reason (one row per box or per target without one)"
+    mode = default_mode(res) if mode is None else mode
     if mode not in box_modes: raise ValueError(f"unknown mode '{mode}': use {', '.join(map(repr, box_modes[:-1]))} or {box_modes[-1]!r}")
     threshold = mode_thresholds.get(mode, default_recipe['threshold']) if threshold is None else threshold
     if mode in input_modes:
@@ -427,7 +428,7 @@ def _confirmed_in_chunks(res, sizes, geometry, dls, bs, kwargs):
         dfs.append(df.assign(item=df['item']+s))
     return pd.concat(dfs, ignore_index=True)
 
-def result_boxes(res:CamResult, mode:str='threshold', geometry=None, orig_sizes=None,
+def result_boxes(res:CamResult, mode:str=None, geometry=None, orig_sizes=None,
                  confirm:bool=False, # Model-confirmed boxes (`fastcam.confirm`); the inputs are made again from the items unless `xb` is given
                  confirm_bs:int=64, # With `confirm` and no `xb`: items per chunk
                  dls=None, # With `confirm` and no `xb`: the `DataLoaders` whose `test_dl` makes the inputs (default: the geometry, when it is one)

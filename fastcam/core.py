@@ -745,7 +745,7 @@ def cam(self:Learner, x, # Items (paths, PIL images, arrays, `[C,H,W]` tensors) 
         fused:bool=False, # With several layers: only their fused `CamResult` instead of a dict per layer (always, for the recipe's layers)
         tta:bool=None, # Also explain each item's mirror image and average the two maps (for a model trained with flips); None: the box recipe's (False untuned)
         stability:bool=False, # Also measure each map's agreement under a mirror image and a 4-pixel shift: `res.stability` (flip_corr, shift_corr, unstable below 0.5), columns of `res.boxes()`, marked by `res.show()`; 3x the work
-        input_grad:bool=None, # Also keep d score / d input from the maps' own backward (`res.input_grad`), which the 'gradient' box mode refines boxes with; None: on when the box recipe's mode is 'gradient'
+        input_grad:bool=None, # Also keep d score / d input (`res.input_grad`) and the input (`res.input_image`) from the maps' own backward, which the box modes 'gradient' and 'segment' need; None: on when the box recipe's mode needs them (the default 'segment' does; it costs about 2-3x a map alone on the CPU), False for maps alone
         **kwargs): # Passed to the method
     "A `CamResult` of class activation maps for items sent through `(dls or self.dls).test_dl`, or for a preprocessed batch. `layer`, `method` and `tta` left None are the learner's box recipe's (`fastcam.tune.recipe_args`: the caller's argument > the recipe tuned or loaded > `default_recipe`); a tuned learner's result carries its recipe, so `res.boxes()` boxes with it"
     from fastcam.tune import recipe_args, input_modes

@@ -16,18 +16,24 @@ from .core import learner_cam, fuse_cams, trace_modules, auto_layer, find_layer,
 from .metrics import (as_boxes, box_iou, pointing_hits, max_box_acc_v2, read_boxes_csv, read_coco, read_rle_csv, mask_to_boxes, _gt_for, _gt_key, _one_item_per_key, _is_mask)
 
 # %% auto #0
-__all__ = ['mode_thresholds', 'default_recipe', 'box_modes', 'input_modes', 'tune_modes', 'tune_metrics', 'box_options',
-           'check_recipe', 'recipe_path', 'save_recipe', 'load_recipe', 'learner_recipe', 'recipe_args',
+__all__ = ['mode_thresholds', 'default_recipe', 'box_modes', 'input_modes', 'tune_modes', 'tune_metrics', 'default_mode',
+           'box_options', 'check_recipe', 'recipe_path', 'save_recipe', 'load_recipe', 'learner_recipe', 'recipe_args',
            'layer_candidates', 'read_truth', 'coco_ap50', 'recipe_table', 'sort_recipes', 'table_recipe', 'tune_files',
            'run_recipe']
 
 # %% ../nbs/13_tune.ipynb #25b6c37d
 mode_thresholds = dict(threshold=0.8, gradient=0.7, segment=0.5)   # each box mode's region threshold when none is given: 'threshold' bench/results/localization.md (small CNNs, 96 px); 'gradient' the best worst case over both scales (13_tune); 'segment' the same rule as 'threshold', 0.5 at both scales (localization_gradcam.md, localization_x2_gradcam.md)
-default_recipe = dict(method='gradcam', layer=None, tta=False, mode='threshold', threshold=mode_thresholds['threshold'], grad_threshold=0.2, min_area=16, topk=1)   # grad_threshold: the better of 0.2/0.3 at both of its scales (13_tune)
+default_recipe = dict(method='gradcam', layer=None, tta=False, mode='segment', threshold=mode_thresholds['segment'], grad_threshold=0.2, min_area=16, topk=1)   # grad_threshold: the better of 0.2/0.3 at both of its scales (13_tune)
 _recipe_keys = tuple(default_recipe)
 box_modes = ('threshold', 'peak', 'gradient', 'segment')   # how a map becomes boxes: `fastcam.boxes.cam_boxes`
 input_modes = ('gradient', 'segment')   # the box modes that need the model's input gradient (and input) kept with the maps (`learn.cam(..., input_grad=True)`)
 tune_modes = ('threshold', 'gradient', 'segment')   # the box modes the tune step tries
+
+def default_mode(res) -> str:
+    "`default_recipe`'s box mode where result `res` carries what it needs (the input gradient and the input the model saw: `learn.cam`, `get_boxes`, `get_cams` and `fastcam run` keep them when the recipe's mode needs them), else the map's own regions, 'threshold' (e.g. maps of the training callback, or of `cam` without `input_grad`)"
+    m = default_recipe['mode']
+    if m in input_modes and (getattr(res, 'input_grad', None) is None or (m=='segment' and getattr(res, 'input_image', None) is None)): return 'threshold'
+    return m
 
 def box_options(base:dict, **given) -> dict:
     "`base`'s options with those `given` (not None) instead; a threshold belongs to its box mode: a mode given without a threshold, other than `base`'s, takes that mode's own (`mode_thresholds`)"

@@ -34,9 +34,9 @@ def learn(dicoms):
     return vision_learner(_dls(*dicoms, 'dataframe'), tiny_xresnet, pretrained=False)
 
 def _top_box(m, hw, threshold=None, min_area=16):
-    "The box of the thresholded component holding the maximum of map `m` resized straight to `hw` (scipy, not fastcam), or None; threshold None: the default's"
-    from fastcam.tune import default_recipe
-    threshold = default_recipe['threshold'] if threshold is None else threshold
+    "The box of the thresholded component holding the maximum of map `m` resized straight to `hw` (scipy, not fastcam), or None; threshold None: the plain mode's"
+    from fastcam.tune import mode_thresholds
+    threshold = mode_thresholds['threshold'] if threshold is None else threshold
     a = F.interpolate(m[None, None].float(), size=hw, mode='bilinear', align_corners=False)[0, 0].relu().numpy()
     if not a.max() > a.min(): return None
     n = (a - a.min()) / (a.max() - a.min())
@@ -48,7 +48,7 @@ def _top_box(m, hw, threshold=None, min_area=16):
 def test_get_cams_with_boxes_on_row_items(dicoms, learn, how):
     path, df = dicoms
     valid = df[df.is_valid].reset_index(drop=True)
-    res, bx = learn.get_cams(dl=_dls(path, df, how).valid, with_boxes=True, topk=1)
+    res, bx = learn.get_cams(dl=_dls(path, df, how).valid, with_boxes=True, topk=1, mode='threshold')   # the map's own regions: what _top_box computes
     assert [str(o) for o in res.items] == [str(path/f) for f in valid.file]
     sizes = [(d.Rows, d.Columns) for d in (pydicom.dcmread(path/f, stop_before_pixels=True) for f in valid.file)]
     assert [tuple(s) for s in res.orig_sizes] == sizes and len(set(sizes)) > 1

@@ -36,6 +36,6 @@ def test_help_shows_parameters_and_meanings():
     box_doc = pydoc.render_doc(CamResult.boxes, renderer=pydoc.plaintext)
     for p in ("threshold: For 'threshold', 'gradient' and 'segment': fraction of the maximum", 'grad_threshold: ', 'min_area: ', 'topk: ', 'geometry: '): assert p in box_doc, p
     sig = inspect.signature(CamResult.boxes).parameters
-    from fastcam.tune import default_recipe
-    assert sig['threshold'].default is None and default_recipe['threshold'] == 0.8 and sig['min_area'].default == 16 and 'kwargs' not in sig
+    from fastcam.tune import default_recipe, mode_thresholds
+    assert sig['threshold'].default is None and default_recipe['threshold'] == mode_thresholds[default_recipe['mode']] and sig['min_area'].default == 16 and 'kwargs' not in sig
     assert "None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient', 0.5 for 'segment')" in box_doc

@@ -183,17 +183,17 @@ def test_get_boxes_and_get_cmaps_with_several_layers_use_the_fused_map(learn, dl
     res = get_cmaps(item, dls, learn, layer=layers, show_maps=False, show_cmap=False, target=None)
     assert res.layer == 'fused' and int(res.targets[0, 0]) == cls
     torch.testing.assert_close(res.maps[0, 0], fused, atol=1e-5, rtol=1e-4)
-    # the box: the fused map in original pixels, min-max, >= the default threshold (default_recipe's) of the max, the 8-connected region holding the peak
+    # the box of the map's own regions: the fused map in original pixels, min-max, >= the plain mode's threshold of the max, the 8-connected region holding the peak
     H, W = res.orig_sizes[0]
     m = maps_to_original(fused, (H, W), dls).numpy()
     n = (m - m.min())/(m.max() - m.min())
-    from fastcam.tune import default_recipe
-    lab = label(n >= default_recipe['threshold'], connectivity=2)
+    from fastcam.tune import mode_thresholds
+    lab = label(n >= mode_thresholds['threshold'], connectivity=2)
     r = next(r for r in regionprops(lab) if r.label == lab.flat[n.argmax()])
-    lb = get_boxes(item, dls, learn, layer=layers, show_img=False, min_prob=0.)   # an untrained model: no gate
+    lb = get_boxes(item, dls, learn, layer=layers, show_img=False, min_prob=0., mode='threshold')   # an untrained model: no gate
     assert lb.bbox.tolist() == [[r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]]]
     assert list(lb.lbl) == [dls.vocab[cls]]
-    learn.use_recipe(dict(layer=layers))   # a tuned learner: get_cmaps shows the maps its boxes come from, with no layer given
+    learn.use_recipe(dict(layer=layers, mode='threshold'))   # a tuned learner: get_cmaps shows the maps its boxes come from, with no layer given
     try:
         tuned = get_cmaps(item, dls, learn, show_maps=False, show_cmap=False, target=None)
         assert tuned.layer == 'fused' and get_boxes(item, dls, learn, show_img=False, min_prob=0.).bbox.tolist() == lb.bbox.tolist()

@@ -19,7 +19,7 @@ def test_run_maps_are_bounded_and_boxes_match_full_size(tmp_path, monkeypatch):
     monkeypatch.setattr(fc, 'map_side', 105)                      # about a quarter of the long side
     jobs = fc._explain_batch(learn, [fc._read(f, True) for f in files], cfg)
     res = learn.cam(files)
-    full = res.boxes(threshold=0.5, min_area=16, topk=3)          # boxed on full-size maps, independently of run
+    full = res.boxes(mode='threshold', threshold=0.5, min_area=16, topk=3)          # boxed on full-size maps, independently of run
     for i, j in enumerate(jobs):
         W, H = Image.open(files[i]).size
         L = max(H, W)

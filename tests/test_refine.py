@@ -101,7 +101,7 @@ def test_gradient_boxes_find_the_square(squares):
     for t in (0.3, 0.5, 0.8):
         assert _ious(res.boxes(mode='threshold', threshold=t, topk=1, min_prob=0.), bx).mean() < 0.5
     with pytest.raises(ValueError, match=r"this result does not carry: make the maps with learn.cam\(\.\.\., input_grad=True\)"):
-        learn.cam(files[:1], layer='blocks', target='pos').boxes(mode='gradient')
+        learn.cam(files[:1], layer='blocks', target='pos', input_grad=False).boxes(mode='gradient')
     with pytest.raises(ValueError, match='grad_threshold=30 is not a fraction'): res.boxes(mode='gradient', grad_threshold=30)
 
 def test_gradient_recipe_everywhere(squares, tmp_path):
@@ -148,9 +148,9 @@ def test_fastcam_run_gradient_mode(squares, tmp_path, capsys):
     assert (_ious(got, bx) >= 0.7).all()
     opts = json.loads((tmp_path/'g'/'run.json').read_text())['options']
     assert (opts['mode'], opts['grad_threshold']) == ('gradient', 0.3)
-    assert run(tmp_path/'t', '--threshold', '0.3') == 0 and 'grad_threshold' not in json.loads((tmp_path/'t'/'run.json').read_text())['options']
+    assert run(tmp_path/'t', '--mode', 'threshold', '--threshold', '0.3') == 0 and 'grad_threshold' not in json.loads((tmp_path/'t'/'run.json').read_text())['options']
     capsys.readouterr()
-    assert run(tmp_path/'x', '--grad-threshold', '0.3') == 2
+    assert run(tmp_path/'x', '--mode', 'threshold', '--grad-threshold', '0.3') == 2
     assert capsys.readouterr().err.strip() == "fastcam run: --grad-threshold is for --mode gradient or segment, but this run boxes with mode 'threshold'"
     assert run(tmp_path/'y', '--mode', 'grad') == 2
     assert capsys.readouterr().err.strip() == "fastcam run: --mode must be 'threshold', 'peak', 'gradient' or 'segment', not 'grad'"
@@ -169,14 +169,16 @@ def _ramp_result(recipe=None):
 def _box(df): return df[['x0', 'y0', 'x1', 'y1']].to_numpy(np.int64).tolist()
 
 def test_a_mode_asked_for_alone_boxes_at_its_own_threshold():
-    "Known answer (columns x/9 >= t are x >= 9t): 'gradient' alone boxes at 0.7 (columns 7-9), 'segment' at 0.5 (5-9), the plain regions at 0.8 (8-9); a recipe's threshold stays with its own mode"
-    from fastcam.tune import default_recipe
+    "Known answer (columns x/9 >= t are x >= 9t): 'gradient' alone boxes at 0.7 (columns 7-9), 'segment' at its own threshold, the plain regions at 0.8 (8-9); a recipe's threshold stays with its own mode; the default is 'segment', or the plain regions for a result without its input"
+    from fastcam.tune import default_recipe, mode_thresholds
     res = _ramp_result()
-    assert _box(res.boxes()) == _box(res.boxes(mode='threshold')) == [[8, 0, 10, 10]]
+    seg = [[int(np.ceil(9*mode_thresholds['segment'] - 1e-9)), 0, 10, 10]]   # columns x >= 9t
+    assert _box(res.boxes()) == _box(res.boxes(mode='segment')) == seg   # the flat input's one segment is background: the region's gradient box
+    assert _box(res.boxes(mode='threshold')) == [[8, 0, 10, 10]]
+    assert _box(res._with(input_grad=None, input_image=None).boxes()) == [[8, 0, 10, 10]]   # maps made without the input (the training callback, cam()): the map's own regions
     assert _box(res.boxes(mode='gradient')) == [[7, 0, 10, 10]]
     assert _box(res.boxes(mode='gradient', threshold=0.8)) == [[8, 0, 10, 10]]
-    assert _box(res.boxes(mode='segment')) == [[5, 0, 10, 10]]   # its own 0.5 (columns 5-9); the flat input's one segment is background: the region's gradient box
-    plain = _ramp_result(dict(default_recipe, threshold=0.5))          # tuned for the plain regions: columns 5-9
+    plain = _ramp_result(dict(default_recipe, mode='threshold', threshold=0.5))   # tuned for the plain regions: columns 5-9
     assert _box(plain.boxes()) == [[5, 0, 10, 10]] and _box(plain.boxes(mode='gradient')) == [[7, 0, 10, 10]]
     grad = _ramp_result(dict(default_recipe, mode='gradient', threshold=0.6))   # tuned for the gradient mode: columns 6-9, asked for or not
     assert _box(grad.boxes()) == _box(grad.boxes(mode='gradient')) == [[6, 0, 10, 10]] and _box(grad.boxes(mode='threshold')) == [[8, 0, 10, 10]]
@@ -188,7 +190,7 @@ def test_a_mode_given_alone_takes_its_threshold_in_recipes_and_runs(squares, tmp
     root,df,bx,learn = squares
     try:
         assert learner_recipe(learn.use_recipe(dict(mode='gradient')))['threshold'] == 0.7
-        learn.use_recipe(dict(threshold=0.5))
+        learn.use_recipe(dict(mode='threshold', threshold=0.5))
         assert recipe_args(learn, mode='gradient')['threshold'] == 0.7 and recipe_args(learn, mode='threshold')['threshold'] == 0.5
         assert recipe_args(learn, mode='gradient', threshold=0.4)['threshold'] == 0.4
     finally: learn.use_recipe(None)
@@ -197,7 +199,7 @@ def test_a_mode_given_alone_takes_its_threshold_in_recipes_and_runs(squares, tmp
                                 '--min-prob', '0', '--out', str(out), '--no-progress', *o])
     opts = lambda out: json.loads((out/'run.json').read_text())['options']
     assert run(tmp_path/'g', '--mode', 'gradient') == 0 and opts(tmp_path/'g')['threshold'] == 0.7
-    save_recipe(dict(layer='blocks', threshold=0.5), tmp_path/'model.pkl')
+    save_recipe(dict(layer='blocks', mode='threshold', threshold=0.5), tmp_path/'model.pkl')
     assert run(tmp_path/'r', '--mode', 'gradient') == 0 and opts(tmp_path/'r')['threshold'] == 0.7
     assert run(tmp_path/'p') == 0 and (opts(tmp_path/'p')['mode'], opts(tmp_path/'p')['threshold']) == ('threshold', 0.5)
 
@@ -212,7 +214,8 @@ def test_input_image_is_the_model_input_the_maps_saw(squares):
     res = learn.cam(files, layer='blocks', target='pos', input_grad=True, bs=2)
     torch.testing.assert_close(res.input_image, xb.float().mean(1))
     torch.testing.assert_close(res[1:3].input_image, xb[1:3].mean(1)); torch.testing.assert_close(CamResult.cat([res[:1], res[3:]]).input_image, xb[[0, 3]].mean(1))
-    assert res.to('cpu').input_image is not None and learn.cam(files, layer='blocks', target='pos').input_image is None
+    assert res.to('cpu').input_image is not None and learn.cam(files, layer='blocks', target='pos', input_grad=False).input_image is None
+    assert learn.cam(files, layer='blocks', target='pos').input_image is not None   # kept by default: the default box mode 'segment' needs it
     torch.testing.assert_close(learn.cam(files, layer='blocks', target='pos', input_grad=True, tta=True).input_image, xb.mean(1))   # not its mirror
 
 def test_segment_boxes_hit_the_squares(squares):
@@ -224,7 +227,7 @@ def test_segment_boxes_hit_the_squares(squares):
     assert (seg >= 0.5).all() and seg.mean() > 0.7, seg
     assert _ious(res.boxes(mode='threshold', threshold=0.3, topk=1, min_prob=0.), bx).mean() < 0.5
     with pytest.raises(ValueError, match=r"^mode='segment' boxes with the model's input gradient, which this result does not carry"):
-        learn.cam(files[:1], layer='blocks', target='pos').boxes(mode='segment')
+        learn.cam(files[:1], layer='blocks', target='pos', input_grad=False).boxes(mode='segment')
     with pytest.raises(ValueError, match=r"^mode='segment' cuts the model input into segments, which this result does not carry"):
         res._with(input_image=None).boxes(mode='segment')
 

@@ -8,6 +8,7 @@ from PIL import Image
 from fastcore.script import CliError
 from fastai.vision.all import DataBlock, CategoryBlock, ColReader, ColSplitter, Resize, vision_learner
 from fastcam.synth import make_dicom_set, make_png_set
+from fastcam.tune import default_recipe
 from fastcam.items import DicomBlock
 from fastcam.cli import tiny_xresnet
 from fastcam import cli
@@ -51,7 +52,7 @@ def test_resume_with_other_options_or_model_refuses_or_recomputes_with_force(set
     before = pd.read_csv(out/'boxes.csv')
     capsys.readouterr()
     for kw, says in [(dict(method='layercam'), 'method: gradcam -> layercam'), (dict(layer='0.4'), 'layer: null -> 0.4'),
-                     (dict(target='nodule'), 'target: null -> nodule'), (dict(threshold=0.5), 'threshold: 0.8 -> 0.5'),
+                     (dict(target='nodule'), 'target: null -> nodule'), (dict(threshold=0.3), f"threshold: {default_recipe['threshold']} -> 0.3"),
                      (dict(model='model2.pkl'), 'model sha256: ')]:
         with pytest.raises(CliError) as e: run(root, inp, out, **kw)
         msg = str(e.value)

@@ -135,17 +135,17 @@ def test_ap50_ranks_by_the_box_score():
 def tuned(squares):
     "The squares learner with a recipe (layer `a`, threshold 0.3, topk 1) that is not the default; untuned again afterwards"
     root,df,bx,learn = squares
-    learn.use_recipe(dict(layer='a', threshold=0.3, topk=1))
+    learn.use_recipe(dict(layer='a', mode='threshold', threshold=0.3, topk=1))
     yield root,df,bx,learn
     learn.use_recipe(None)
 
-def _direct_boxes(learn, f, layer, threshold):
-    "cam_boxes of Grad-CAM at `layer` for file `f`, computed from the preprocessed batch (not through any recipe), at `threshold`, top box only"
+def _direct_boxes(learn, f, layer, threshold, mode='threshold'):
+    "cam_boxes of Grad-CAM at `layer` for file `f`, computed from the preprocessed batch (not through any recipe), in box `mode` at `threshold`, top box only"
     from fastcam.core import cam
     from fastcam.boxes import cam_boxes
     xb = learn.dls.test_dl([f]).one_batch()[0]
-    r = cam(learn.model, xb, layer=layer, target='pos', method='gradcam', vocab=list(learn.dls.vocab))
-    return cam_boxes(r, [(64, 80)], learn.dls, threshold=threshold, min_area=16, topk=1)[['x0', 'y0', 'x1', 'y1', 'score']]
+    r = cam(learn.model, xb, layer=layer, target='pos', method='gradcam', vocab=list(learn.dls.vocab), input_grad=mode in ('gradient', 'segment'))
+    return cam_boxes(r, [(64, 80)], learn.dls, mode=mode, threshold=threshold, min_area=16, topk=1)[['x0', 'y0', 'x1', 'y1', 'score']]
 
 _cols = ['x0', 'y0', 'x1', 'y1', 'score']
 
@@ -173,7 +173,7 @@ def test_get_boxes_and_cam_boxes_follow_the_recipe_unless_told(tuned):
     learn.use_recipe(None)   # untuned: default_recipe (the last spatial layer, 'b' here; its threshold)
     assert learn.cam([f], target='pos').layer == 'b' and learn.cam([f], target='pos').recipe is None
     pd.testing.assert_frame_equal(get_boxes(f, learn.dls, learn, target='pos', show_img=False).df[_cols].reset_index(drop=True),
-                                  _direct_boxes(learn, f, 'b', default_recipe['threshold']).reset_index(drop=True))
+                                  _direct_boxes(learn, f, 'b', default_recipe['threshold'], default_recipe['mode']).reset_index(drop=True))
 
 def test_recipe_precedence_and_sources(squares, tmp_path):
     "argument > learner's recipe > default_recipe, option by option; `source` names where the recipe came from"
