@@ -272,7 +272,7 @@ def main():
     _write(a, md, choice, all_rows)
 
 def _write(a, md, choice, all_rows):
-    print(md); print('chosen defaults:', choice)
+    print(md); print('plain default box:', choice)
     out = a.out or (None if a.quick else str(Path(__file__).parent/'results'/('localization.md' if a.scale==1 else f'localization_x{a.scale:g}.md')))
     if out:
         Path(out).write_text(md)

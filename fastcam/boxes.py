@@ -280,7 +280,7 @@ def check_threshold(threshold, name:str='threshold'):
 
 # %% ../nbs/05_boxes.ipynb #c83adad9
 def threshold_regions(m, # One map `[H, W]` at original resolution (NaN where unseen)
-                      threshold:float=default_recipe['threshold'], # Fraction of the map's maximum a pixel must reach
+                      threshold:float=mode_thresholds['threshold'], # Fraction of the map's maximum a pixel must reach
                       min_area:int=16, # Smallest component kept, in original pixels
                       score:str='max', # Component score: 'max', 'mean' or 'mass' of the normalised map
                       relu:bool=True) -> tuple: # ReLU before normalising
@@ -305,7 +305,7 @@ def threshold_regions(m, # One map `[H, W]` at original resolution (NaN where un
 def region_box(r) -> list: return [r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]]   # `(x0, y0, x1, y1)`, half-open, of a `regionprops` region
 
 def threshold_boxes(m, # One map `[H, W]` at original resolution (NaN where unseen)
-                    threshold:float=default_recipe['threshold'], # Fraction of the map's maximum a pixel must reach
+                    threshold:float=mode_thresholds['threshold'], # Fraction of the map's maximum a pixel must reach
                     min_area:int=16, # Smallest component kept, in original pixels
                     topk:int=None, # Keep the best `topk` boxes (all when None)
                     score:str='max', # Component score: 'max', 'mean' or 'mass' of the normalised map

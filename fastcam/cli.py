@@ -403,8 +403,8 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         method:str=None, # CAM method: gradcam, gradcampp, xgradcam, hirescam, layercam, eigencam, scorecam, cam; default: the box recipe's (untuned: gradcam)
         target:str=None, # Class to explain: the predicted one (default), a class name or index; --target CLASS boxes that finding on the files where its probability reaches --min-prob; a learner trained with a regression loss explains 'increase' (default) or 'decrease' of its output
         bs:int=16, # Files per batch
-        mode:str=None, # Boxes: 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (regions narrowed by the model's input gradient) or 'segment' (the image segment it points to in each region; both fastcam.refine); default: the box recipe's (untuned: threshold)
-        threshold:float=None, # For 'threshold', 'gradient' and 'segment': fraction of the map's maximum; default: the box recipe's, or with a --mode other than the recipe's that mode's own (untuned: 0.8; 0.7 with --mode gradient, 0.5 with --mode segment)
+        mode:str=None, # Boxes: 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (regions narrowed by the model's input gradient) or 'segment' (the image segment it points to in each region; both fastcam.refine); default: the box recipe's (untuned: segment; threshold for the plain, cheaper boxes)
+        threshold:float=None, # For 'threshold', 'gradient' and 'segment': fraction of the map's maximum; default: the box recipe's, or with a --mode other than the recipe's that mode's own (untuned: 0.5; 0.8 with --mode threshold, 0.7 with --mode gradient)
         grad_threshold:float=None, # For 'gradient' (and 'segment', in a region whose segment is background): fraction of the input gradient's maximum inside a region; default: the box recipe's (untuned: 0.2)
         min_area:int=None, # For 'threshold', 'gradient' and 'segment': smallest region in original pixels; default: the box recipe's (untuned: 16)
         topk:int=None, # Boxes kept per file; default: the box recipe's (untuned: 1)

@@ -22,8 +22,8 @@ __all__ = ['mode_thresholds', 'default_recipe', 'box_modes', 'input_modes', 'tun
            'run_recipe']
 
 # %% ../nbs/13_tune.ipynb #25b6c37d
-mode_thresholds = dict(threshold=0.8, gradient=0.7, segment=0.5)   # each box mode's region threshold when none is given: 'threshold' bench/results/localization.md (small CNNs, 96 px); 'gradient' the best worst case over both scales (13_tune); 'segment' the same rule as 'threshold', 0.5 at both scales (localization_gradcam.md, localization_x2_gradcam.md)
-default_recipe = dict(method='gradcam', layer=None, tta=False, mode='segment', threshold=mode_thresholds['segment'], grad_threshold=0.2, min_area=16, topk=1)   # grad_threshold: the better of 0.2/0.3 at both of its scales (13_tune)
+mode_thresholds = dict(threshold=0.8, gradient=0.7, segment=0.5)   # each box mode's region threshold when none is given: 'threshold' bench/results/localization.md (small CNNs, 96 px); 'gradient' the best worst case over both scales (13_tune); 'segment' the best worse tuning-domain mean over both scales, 0.5 (the rule of 'threshold' picks 0.6 at 96 px, 0.5 at 192 px: localization_gradcam.md, localization_x2_gradcam.md)
+default_recipe = dict(method='gradcam', layer=None, tta=False, mode='segment', threshold=mode_thresholds['segment'], grad_threshold=0.2, min_area=16, topk=1)   # mode: the rule of bench/localization.py for a mode that needs the input gradient held at both scales (13_tune); grad_threshold: the better of 0.2/0.3 at both of its scales
 _recipe_keys = tuple(default_recipe)
 box_modes = ('threshold', 'peak', 'gradient', 'segment')   # how a map becomes boxes: `fastcam.boxes.cam_boxes`
 input_modes = ('gradient', 'segment')   # the box modes that need the model's input gradient (and input) kept with the maps (`learn.cam(..., input_grad=True)`)
