@@ -39,7 +39,7 @@ import localization as L
 from fastcam.core import learner_cam
 from fastcam.metrics import box_iou
 from fastcam.boxes import threshold_boxes, maps_to_original
-from fastcam.tune import _gts_of, default_recipe
+from fastcam.tune import _gts_of, default_recipe, mode_thresholds
 
 SIGMAS,TS,US = (1, 2, 3),(0.3, 0.5),(0.2, 0.3, 0.4, 0.5, 0.6)
 ORACLE_T = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -75,7 +75,7 @@ def one(domain, seed, layers, scale=1):
     pos = [i for i,g in enumerate(gts) if len(g)]
     files,gts = [valid[i] for i in pos],[gts[i].numpy() for i in pos]
     c = learn.dls.vocab.o2i['nodule']
-    thr = default_recipe['threshold']
+    thr = mode_thresholds['threshold']   # the map's own box (the default box mode before 'segment')
     row = dict(domain=domain, seed=seed, accuracy=info['accuracy'], positives=len(files))
     grads = input_gradients(learn, files, c)
     negs = [valid[i] for i,g in enumerate(_gts_of(valid, L.gt_dict(path))) if not len(g)]

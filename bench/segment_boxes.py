@@ -18,7 +18,7 @@ one image segment inside the map's top region:
   mode's box (`refine_region`, grad_threshold 0.2).
 
 A simulation of the tune step with it among the choices: on 24 positives of a run drawn at random (50 draws), the best
-of the default box, the gradient box and the rule's pick, and what that choice boxes on the run's other positives.
+of the map's own box, the gradient box and the rule's pick, and what that choice boxes on the run's other positives.
 And a known-answer probe without a model: a bright square on a flat image, with and without blur and noise.
 
 Since built as the box mode 'segment' (`fastcam.refine`: the best segment at k=100, joined with the segments around
@@ -29,7 +29,7 @@ Capped since (a lead found in review, measured here first): a segment box larger
 to the gradient box (the map bounds where the evidence is, with no prior on a finding's size); the mode as first built,
 without the cap, has its own line.
 
-Baselines on the same files: the default box (`fastcam.tune.default_recipe`: the map's region at 0.8) and the gradient
+Baselines on the same files: the map's own box (the map's region at 0.8, `mode_thresholds['threshold']`: the default box before the segment mode became it) and the gradient
 mode at its own thresholds (0.7, 0.2). BoxAcc@0.5 of the top box on each run's validation positives, Grad-CAM at the
 last stage, no tta; the models and data of `bench/localization.py` at both scales (run `bench/localization.py` and
 `bench/localization.py --scale 2` first: they train and cache them). The rule, fixed before this script was written:
@@ -56,7 +56,7 @@ KS,BIG = (20, 50, 100),0.25
 CANDIDATES = [f'{v} segment k={k}' for v in ('peak', 'best') for k in KS]
 PRODUCT = "fastcam's mode 'segment' (t=0.7)"   # built since: the best segment at k=100 joined with its neighbours inside the region, its box capped at the region's own (`fastcam.refine.segment_region`)
 UNCAPPED = "the mode before its cap (t=0.7)"   # as first built: no cap (a segment box larger than its region's own box was kept)
-VARIANTS = ['default box (t=0.8)', 'gradient box (t=0.7, u=0.2)'] + CANDIDATES + [PRODUCT, UNCAPPED]
+VARIANTS = ["map's own box (t=0.8)", 'gradient box (t=0.7, u=0.2)'] + CANDIDATES + [PRODUCT, UNCAPPED]
 
 def segment_box(region, s:np.ndarray, seg:np.ndarray, how:str, fallback):
     "The box of the chosen segment in `region` (the peak's, or the highest mean saliency's); `fallback` for a segment over BIG of the image"
@@ -93,7 +93,7 @@ def one(scale, name, seed):
         g,hw = gt[f].float(),r.orig_sizes[i]
         hit = lambda b: b is not None and box_iou(torch.tensor([[float(v) for v in b]]), g).max().item() >= 0.5
         mo = r.original_maps(i, fill=0.)[0]
-        b,_ = threshold_boxes(mo, default_recipe['threshold'], default_recipe['min_area'], 1, 'max', relu=False)
+        b,_ = threshold_boxes(mo, mode_thresholds['threshold'], default_recipe['min_area'], 1, 'max', relu=False)
         hits[VARIANTS[0]].append(hit(b[0]) if len(b) else False)
         regs,_ = threshold_regions(mo, mode_thresholds['gradient'], default_recipe['min_area'], 'max', relu=False)
         if not regs:
@@ -114,9 +114,9 @@ def one(scale, name, seed):
                 **{v: float(np.mean(h)) for v,h in hits.items()}, per_file={v: [bool(x) for x in h] for v,h in hits.items()})
 
 def tune_choice(rows, pick, n=24, reps=50, seed=0) -> list:
-    "Markdown lines: a tune step that, on `n` labelled positives drawn at random from a run's, picks the best of the default box, the gradient box and `pick` (ties to the simpler), and what it then boxes on the run's other positives"
+    "Markdown lines: a tune step that, on `n` labelled positives drawn at random from a run's, picks the best of the map's own box, the gradient box and `pick` (ties to the simpler), and what it then boxes on the run's other positives"
     rng,vs = np.random.default_rng(seed),[VARIANTS[0], VARIANTS[1], pick]
-    out = ["| domain | 96 px: reaches | chose (default / gradient / segment) | 192 px: reaches | chose |", "|---|---|---|---|---|"]
+    out = ["| domain | 96 px: reaches | chose (own box / gradient / segment) | 192 px: reaches | chose |", "|---|---|---|---|---|"]
     for name in dict.fromkeys(r['domain'] for r in rows):
         cells = []
         for sc in (1, 2):
@@ -159,7 +159,7 @@ def report(rows, secs):
     tr,ho = d[d.domain!=L.HELD_OUT],d[d.domain==L.HELD_OUT]
     worst = {v: min(tr[tr.scale==s][v].mean() for s in (1, 2)) for v in CANDIDATES}
     pick = max(worst, key=worst.get)
-    out = ["# Candidate: the box of the image segment the input gradient points to (measured before it is built)", "",
+    out = ["# The box of the image segment the input gradient points to: measured as a candidate, built (box mode 'segment'), capped, now the default", "",
            f"`python bench/segment_boxes.py` on {os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {secs/60:.1f} min. "
            "What each line means and the rule: the script's docstring. BoxAcc@0.5 of the top box on the validation positives, % (mean +- sd over runs); "
            f"runs below {L.FULL['min_acc']:.0%} accuracy left out ({int((pd.DataFrame(rows).accuracy < L.FULL['min_acc']).sum())}).", "",
@@ -168,21 +168,21 @@ def report(rows, secs):
     for v in VARIANTS:
         cells = [ms(x[x.scale==s][v]) for s in (1, 2) for x in (tr, ho)]
         out.append(f"| {'**'+v+'**' if v==pick else v}{' (built since, capped since)' if v==PRODUCT else ' (as first built)' if v==UNCAPPED else ''} | " + " | ".join(cells) + " |")
-    out += ["", "Per domain, the pick against the default box and the gradient box (96 px / 192 px):", "",
-            "| domain | default box | gradient box | " + pick + " | " + PRODUCT + " | " + UNCAPPED + " |", "|---|---|---|---|---|---|"]
+    out += ["", "Per domain, the pick against the map's own box and the gradient box (96 px / 192 px):", "",
+            "| domain | map's own box | gradient box | " + pick + " | " + PRODUCT + " | " + UNCAPPED + " |", "|---|---|---|---|---|---|"]
     for name,x in d.groupby('domain', sort=False):
         out.append(f"| {name}{' (held out)' if name==L.HELD_OUT else ''} | " + " | ".join(' / '.join(ms(x[x.scale==s][v]) for s in (1, 2)) for v in (VARIANTS[0], VARIANTS[1], pick, PRODUCT, UNCAPPED)) + " |")
     out += ["", f"Cost: the segmentation of one model input takes {1000*d.t_seg.sum()/d.positives.sum():.1f} ms on one CPU thread, against "
             f"{1000*d.t_cam.sum()/d.positives.sum():.1f} ms of the Grad-CAM call with the input gradient (the same files, same process)."]
     out += ["", f"With the pick among a tune step's choices (a simulation on the same hits, not `learn.tune_boxes`): on 24 labelled positives drawn at random "
-            f"(50 draws a run), the best of the default box, the gradient box and {pick}, and its BoxAcc on the run's other positives, %:", ""] + tune_choice(rows, pick)
+            f"(50 draws a run), the best of the map's own box, the gradient box and {pick}, and its BoxAcc on the run's other positives, %:", ""] + tune_choice(rows, pick)
     out += ["", "A known-answer probe (no model): IoU of the best segment's box with a bright 16x16 square on a flat image, the map's "
             "region wider than the square and the saliency inside it; the square's edge, blurred or not, can be a segment of its own, "
             "so on clean images the box is the square's core (k=100; the candidate / fastcam's mode, which joins the segments around the chosen one that lie inside the region):", ""] + rim_probe()
     return '\n'.join(out) + '\n'
 
 def picture(out, scale=1, name=None, seed=0, k=100, n=8):   # k: the rule's pick in segment_boxes.md
-    "Draw `n` validation positives of one run: the truth (white), the default box (red), the gradient box (orange), fastcam's segment box at its own threshold (cyan)"
+    "Draw `n` validation positives of one run: the truth (white), the map's own box (red), the gradient box (orange), fastcam's segment box at its own threshold (cyan)"
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from matplotlib import patches
@@ -201,7 +201,7 @@ def picture(out, scale=1, name=None, seed=0, k=100, n=8):   # k: the rule's pick
     fig,axs = plt.subplots(2, n//2, figsize=(3*n//2, 6.4))
     for i,(f,ax) in enumerate(zip(files, axs.flat)):
         hw = r.orig_sizes[i]; mo = r.original_maps(i, fill=0.)[0]
-        b,_ = threshold_boxes(mo, default_recipe['threshold'], default_recipe['min_area'], 1, 'max', relu=False)
+        b,_ = threshold_boxes(mo, mode_thresholds['threshold'], default_recipe['min_area'], 1, 'max', relu=False)
         regs,_ = threshold_regions(mo, mode_thresholds['gradient'], default_recipe['min_area'], 'max', relu=False)
         s = original_saliency(r.input_grad[i, 0], hw, r.geometry)
         gb = refine_region(regs[0], s, default_recipe['grad_threshold'], default_recipe['min_area']) if regs else None
@@ -210,7 +210,7 @@ def picture(out, scale=1, name=None, seed=0, k=100, n=8):   # k: the rule's pick
         ax.imshow(np.asarray(original_image(f)), cmap='bone'); ax.set_axis_off(); ax.set_title(Path(f).stem, fontsize=9)
         for box,c,lw in [(t, 'white', 2.5) for t in gt[f].tolist()] + [(b[0] if len(b) else None, 'red', 1.5), (gb, 'orange', 1.5), (sb, 'cyan', 1.5)]:
             if box is not None: ax.add_patch(patches.Rectangle((box[0], box[1]), box[2]-box[0], box[3]-box[1], fill=False, ec=c, lw=lw))
-    fig.suptitle(f"{name} (scale {scale}, seed {seed}): truth white, default box red, gradient box orange, fastcam's segment box (t={mode_thresholds['segment']}) cyan", fontsize=10)
+    fig.suptitle(f"{name} (scale {scale}, seed {seed}): truth white, map's own box (t=0.8) red, gradient box orange, fastcam's default, the segment box (t={mode_thresholds['segment']}) cyan", fontsize=10)
     fig.tight_layout(); fig.savefig(out, dpi=80); plt.close(fig)
 
 def main():
