@@ -18,7 +18,7 @@ recipe on its validation files.
 lesions then span several cells of the last-stage map instead of about one, which shows how the defaults and the
 box rule carry to another scale (results in bench/results/localization_x2.md).
 
-Usage: python bench/localization.py [--quick] [--scale 1] [--methods gradcam ...] [--no-tta] [--out bench/results/localization.md] [--jobs 2] [--from-csv CSV]
+Usage: python bench/localization.py [--quick] [--scale 1] [--methods gradcam ...] [--no-tta] [--out bench/results/localization.md] [--jobs 2] [--from-csv CSV [--modes segment ...]]
 """
 from __future__ import annotations
 import argparse, hashlib, json, multiprocessing, os, sys, time, warnings
@@ -52,7 +52,7 @@ DEFAULTS = ("The defaults of `get_boxes`, `CamResult.boxes` (which keeps every r
             "because averaging with the mirror image is only right for models trained with mirror images (many chest X-ray models are not; the benchmark's are, "
             "so its tta lines are an upper bound). The **threshold** is the table's: the best mean BoxAcc@0.5 over the tuning domains at that layer without tta, "
             "for the map's own regions ('threshold'): the **plain default box**. The table also measures regions narrowed by the model's input gradient ('gradient', `fastcam.refine`) "
-            "and boxes of the image segment the input gradient points to in each region ('segment', `fastcam.refine`); the same rule's pick in each mode gets its own lines "
+            "and boxes of the image segment where the input gradient and the map agree in each region ('segment', `fastcam.refine`); the same rule's pick in each mode gets its own lines "
             "('best gradient box', 'best segment box'). Such a mode makes every map run the backward on to the input, so it replaces the plain default box only by the rule of "
             "the section 'Can a mode that needs the input gradient be the default?', at both scales. "
             "The tune step (`learn.tune_boxes`, `fastcam tune`) chooses among all of them on the user's own labelled files.")
@@ -97,10 +97,11 @@ def evaluate(name, seed, cfg):
     path,df = domain_set(name, cfg['n'], cfg['scale'])
     gt,valid = gt_dict(path),[str(path/f) for f in df.file[df.is_valid]]
     learn,info = trained(name, path, df, seed, cfg['epochs'], int(96*cfg['scale']))
-    kw = dict(target='nodule', methods=cfg['methods'], tta=cfg['tta'], thresholds=cfg['thresholds'], grad_thresholds=cfg['grad_thresholds'], progress=False)
+    kw = dict(target='nodule', methods=cfg['methods'], tta=cfg['tta'], thresholds=cfg['thresholds'], grad_thresholds=cfg['grad_thresholds'], progress=False,
+              **({'modes': cfg['modes']} if cfg.get('modes') else {}))
     t0 = time.time()
     rows = recipe_table(learn, valid, gt, **kw).assign(domain=name, seed=seed, accuracy=info['accuracy'])
-    tuned = tuned_row(learn, path, df, gt, rows, cfg) if name==HELD_OUT else None
+    tuned = tuned_row(learn, path, df, gt, rows, cfg) if name==HELD_OUT and not cfg.get('modes') else None   # measuring some modes again: the tune step is redone over all rows after
     return rows,tuned,{**info, 'eval_s': time.time()-t0}
 
 def tuned_row(learn, path, df, gt, rows, cfg):
@@ -203,7 +204,7 @@ def report(all_rows, tuned, cfg, infos, secs, a_jobs):
     L = [f"# Localization across synthetic domains ({'quick' if cfg.get('quick') else 'part of the grid' if part else 'full'} run{f', images and input x{sc:g}' if sc!=1 else ''})", '',
          f"`python bench/localization.py{' --quick' if cfg.get('quick') else ''}{f' --scale {sc:g}' if sc!=1 else ''}{'' if cfg.get('quick') else flags}`: {len(cfg['domains'])} domains x {len(cfg['seeds'])} model seeds, "
          f"{cfg['n']} DICOMs per domain (30 % validation), small XResNet from scratch, {cfg['epochs']} epochs, {96*sc:g} px squish; " +
-         (f"{a_jobs} processes of one torch thread; {secs/60:.1f} min in all; models cached in bench/.cache/" + _train_times(infos) + "." if secs==secs else "this report was made again from the run's CSV (`--from-csv`), the tune step redone on the cached models."), '',
+         (f"{a_jobs} processes of one torch thread; {secs/60:.1f} min in all; models cached in bench/.cache/" + _train_times(infos) + "." if secs==secs else "this report was made again from the run's CSV (`--from-csv`)" + (f", box mode(s) {', '.join(cfg['modes'])} measured again on the cached models with the current code (`--modes`; their ms / item come from that run, on a differently loaded machine, and compare only with each other)" if cfg.get('modes') else '') + ", the tune step redone on the cached models."), '',
          f"Grid: methods {', '.join(cfg['methods'])}; tta {', '.join(map(str, cfg['tta']))}; layers: `layer_candidates` of the stage ends; "
          f"box modes 'threshold' at {', '.join(map(str, cfg['thresholds']))}, 'gradient' at those x input-gradient thresholds {', '.join(map(str, cfg['grad_thresholds']))}"
          f"{' and segment at those thresholds' if (all_rows['mode']=='segment').any() else ''}.", '',
@@ -247,6 +248,7 @@ def main():
     ap.add_argument('--scale', type=float, default=1, help='images and model input this many times the size (1: 96 px input; 2: 192 px)')
     ap.add_argument('--methods', nargs='+', default=None, help="CAM methods measured (default: the grid's; e.g. gradcam alone for a shorter run, which still covers the defaults' rule)")
     ap.add_argument('--no-tta', action='store_true', help='measure without mirroring only (a shorter run that still covers the defaults, which fix tta off)')
+    ap.add_argument('--modes', nargs='+', default=None, help="with --from-csv: measure these box modes again on the cached models (after a change to one of them), keep the CSV's rows of the others, and report")
     a = ap.parse_args()
     cfg = {**(QUICK if a.quick else FULL), 'quick': a.quick, 'scale': a.scale}
     if a.methods: cfg['methods'] = tuple(a.methods)
@@ -256,6 +258,7 @@ def main():
     if a.from_csv:   # the report again from a run's CSV (the recipes measured), with the tune step redone on the cached models
         all_rows = pd.read_csv(a.from_csv)
         all_rows['layer'] = all_rows['layer'].map(json.loads)
+        if a.modes: cfg['modes'] = tuple(a.modes); all_rows = remeasure(all_rows, cfg, a.jobs)
         md,choice = report(all_rows, tuned_from_rows(all_rows, cfg), cfg, all_rows.drop_duplicates(['domain', 'seed']).to_dict('records'), float('nan'), a.jobs)
         return _write(a, md, choice, all_rows)
     for d in cfg['domains']: domain_set(d, cfg['n'], cfg['scale'])          # the data first, once per domain
@@ -270,6 +273,14 @@ def main():
     infos = [dict(domain=i['domain'], seed=i['seed'], accuracy=i['accuracy'], train_s=i['train_s']) for i in infos]
     md,choice = report(all_rows, tuned, cfg, infos, time.time()-t0, a.jobs)
     _write(a, md, choice, all_rows)
+
+def remeasure(all_rows, cfg, jobs):
+    "`all_rows` with the rows of `cfg['modes']` measured again on the cached models (every domain and seed of the CSV)"
+    runs = list(all_rows[['domain', 'seed']].drop_duplicates().itertuples(index=False, name=None))
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as ex:
+        new = [r for r,_,_ in ex.map(evaluate, *zip(*runs), [cfg]*len(runs))]
+    print(f"box modes {', '.join(cfg['modes'])} measured again on {len(runs)} runs", flush=True)
+    return pd.concat([all_rows[~all_rows['mode'].isin(cfg['modes'])], *new], ignore_index=True)
 
 def _write(a, md, choice, all_rows):
     print(md); print('plain default box:', choice)
