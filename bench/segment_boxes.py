@@ -29,6 +29,10 @@ Capped since (a lead found in review, measured here first): a segment box larger
 to the gradient box (the map bounds where the evidence is, with no prior on a finding's size); the mode as first built,
 without the cap, has its own line.
 
+Ranked by saliency times the map since (`fastcam.refine.segment_evidence`): of the segments a region meets, the one with
+the highest mean of input saliency x map over its pixels, not of the saliency alone (on one held-out model seed the
+input gradient lit the ribs inside the region); the capped mode ranked by the saliency alone has its own line.
+
 Baselines on the same files: the map's own box (the map's region at 0.8, `mode_thresholds['threshold']`: the default box before the segment mode became it) and the gradient
 mode at its own thresholds (0.7, 0.2). BoxAcc@0.5 of the top box on each run's validation positives, Grad-CAM at the
 last stage, no tta; the models and data of `bench/localization.py` at both scales (run `bench/localization.py` and
@@ -54,9 +58,10 @@ from fastcam.refine import input_segments, original_segments, _region_segment, m
 
 KS,BIG = (20, 50, 100),0.25
 CANDIDATES = [f'{v} segment k={k}' for v in ('peak', 'best') for k in KS]
-PRODUCT = "fastcam's mode 'segment' (t=0.7)"   # built since: the best segment at k=100 joined with its neighbours inside the region, its box capped at the region's own (`fastcam.refine.segment_region`)
+PRODUCT = "fastcam's mode 'segment' (t=0.7)"   # built since: the segment at k=100 with the most saliency x map, joined with its neighbours inside the region, its box capped at the region's own (`fastcam.refine.segment_region`)
+BY_SALIENCY = "the capped mode ranked by saliency alone (t=0.7)"   # the mode before segments were ranked by saliency x map
 UNCAPPED = "the mode before its cap (t=0.7)"   # as first built: no cap (a segment box larger than its region's own box was kept)
-VARIANTS = ["map's own box (t=0.8)", 'gradient box (t=0.7, u=0.2)'] + CANDIDATES + [PRODUCT, UNCAPPED]
+VARIANTS = ["map's own box (t=0.8)", 'gradient box (t=0.7, u=0.2)'] + CANDIDATES + [PRODUCT, BY_SALIENCY, UNCAPPED]
 
 def segment_box(region, s:np.ndarray, seg:np.ndarray, how:str, fallback):
     "The box of the chosen segment in `region` (the peak's, or the highest mean saliency's); `fallback` for a segment over BIG of the image"
@@ -106,8 +111,8 @@ def one(scale, name, seed):
             seg = original_segments(segs[k][i], hw, r.geometry)
             for how in ('peak', 'best'): hits[f'{how} segment k={k}'].append(hit(segment_box(regs[0], s, seg, how, gb)))
         seg = original_segments(segs[100][i], hw, r.geometry)
-        pb = segment_region(regs[0], s, seg, default_recipe['grad_threshold'], default_recipe['min_area'])
-        hits[PRODUCT].append(hit(pb))
+        hits[PRODUCT].append(hit(segment_region(regs[0], s, seg, default_recipe['grad_threshold'], default_recipe['min_area'], cam=mo)))
+        hits[BY_SALIENCY].append(hit(segment_region(regs[0], s, seg, default_recipe['grad_threshold'], default_recipe['min_area'])))
         m = _region_segment(regs[0], s, seg)
         hits[UNCAPPED].append(hit(gb if m is None or m.sum() > max_segment*m.size else [int(np.nonzero(m)[1].min()), int(np.nonzero(m)[0].min()), int(np.nonzero(m)[1].max())+1, int(np.nonzero(m)[0].max())+1]))
     return dict(scale=scale, domain=name, seed=seed, accuracy=info['accuracy'], positives=len(files), t_cam=t_cam, t_seg=t_seg,
@@ -159,7 +164,7 @@ def report(rows, secs):
     tr,ho = d[d.domain!=L.HELD_OUT],d[d.domain==L.HELD_OUT]
     worst = {v: min(tr[tr.scale==s][v].mean() for s in (1, 2)) for v in CANDIDATES}
     pick = max(worst, key=worst.get)
-    out = ["# The box of the image segment the input gradient points to: measured as a candidate, built (box mode 'segment'), capped, now the default", "",
+    out = ["# The box of the image segment the input gradient points to: measured as a candidate, built (box mode 'segment'), capped, now the default, ranked by saliency x map", "",
            f"`python bench/segment_boxes.py` on {os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {secs/60:.1f} min. "
            "What each line means and the rule: the script's docstring. BoxAcc@0.5 of the top box on the validation positives, % (mean +- sd over runs); "
            f"runs below {L.FULL['min_acc']:.0%} accuracy left out ({int((pd.DataFrame(rows).accuracy < L.FULL['min_acc']).sum())}).", "",
@@ -167,11 +172,11 @@ def report(rows, secs):
            "| box | tuning, 96 px | held out, 96 px | tuning, 192 px | held out, 192 px |", "|---|---|---|---|---|"]
     for v in VARIANTS:
         cells = [ms(x[x.scale==s][v]) for s in (1, 2) for x in (tr, ho)]
-        out.append(f"| {'**'+v+'**' if v==pick else v}{' (built since, capped since)' if v==PRODUCT else ' (as first built)' if v==UNCAPPED else ''} | " + " | ".join(cells) + " |")
+        out.append(f"| {'**'+v+'**' if v==pick else v}{' (built since, capped since, ranked by saliency x map since)' if v==PRODUCT else ' (as first built)' if v==UNCAPPED else ''} | " + " | ".join(cells) + " |")
     out += ["", "Per domain, the pick against the map's own box and the gradient box (96 px / 192 px):", "",
-            "| domain | map's own box | gradient box | " + pick + " | " + PRODUCT + " | " + UNCAPPED + " |", "|---|---|---|---|---|---|"]
+            "| domain | map's own box | gradient box | " + pick + " | " + PRODUCT + " | " + BY_SALIENCY + " | " + UNCAPPED + " |", "|---|---|---|---|---|---|---|"]
     for name,x in d.groupby('domain', sort=False):
-        out.append(f"| {name}{' (held out)' if name==L.HELD_OUT else ''} | " + " | ".join(' / '.join(ms(x[x.scale==s][v]) for s in (1, 2)) for v in (VARIANTS[0], VARIANTS[1], pick, PRODUCT, UNCAPPED)) + " |")
+        out.append(f"| {name}{' (held out)' if name==L.HELD_OUT else ''} | " + " | ".join(' / '.join(ms(x[x.scale==s][v]) for s in (1, 2)) for v in (VARIANTS[0], VARIANTS[1], pick, PRODUCT, BY_SALIENCY, UNCAPPED)) + " |")
     out += ["", f"Cost: the segmentation of one model input takes {1000*d.t_seg.sum()/d.positives.sum():.1f} ms on one CPU thread, against "
             f"{1000*d.t_cam.sum()/d.positives.sum():.1f} ms of the Grad-CAM call with the input gradient (the same files, same process)."]
     out += ["", f"With the pick among a tune step's choices (a simulation on the same hits, not `learn.tune_boxes`): on 24 labelled positives drawn at random "
@@ -217,10 +222,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--jobs', type=int, default=2)
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'segment_boxes.md'))
-    ap.add_argument('--picture', default=None, help='only draw examples (held-out and large_soft, 96 px, seed 0) into this PNG')
+    ap.add_argument('--picture', default=None, help='only draw examples (held-out and large_soft, 96 px, seed 0; held-out seed 1) into this PNG and two beside it')
     a = ap.parse_args()
     if a.picture:
-        picture(a.picture); picture(Path(a.picture).with_name(Path(a.picture).stem + '_large_soft.png'), name='large_soft'); return
+        picture(a.picture); picture(Path(a.picture).with_name(Path(a.picture).stem + '_large_soft.png'), name='large_soft')
+        picture(Path(a.picture).with_name(Path(a.picture).stem + '_seed1.png'), seed=1); return   # seed 1: the held-out model whose input gradient lit the ribs
     cfg,t0 = L.FULL,time.time()
     jobs = [(s, d, k) for s in (1, 2) for d in cfg['domains'] for k in cfg['seeds']]
     with ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context('spawn')) as ex: rows = list(ex.map(one, *zip(*jobs)))

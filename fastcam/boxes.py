@@ -355,8 +355,8 @@ def _no_box(b, t, c, name, p, reason): return (b, t, c, name, p, None, None, Non
 def cam_boxes(res:CamResult, # Maps of a batch, from `cam`/`learn.cam`
               orig_sizes, # `(H, W)` of the original images: one for all, or one per item
               geometry=None, # Anything `input_geometry` takes (usually the `DataLoaders`)
-              mode:str=None, # 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (each region narrowed by the input gradient) or 'segment' (each region's image segment the input gradient points to; both `fastcam.refine`); None: `default_recipe`'s where `res` carries its input gradient and input, else 'threshold' (`fastcam.tune.default_mode`)
-              threshold:float=None, # For 'threshold', 'gradient' and 'segment': fraction of the maximum; None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient', 0.5 for 'segment')
+              mode:str=None, # 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (each region narrowed by the input gradient) or 'segment' (each region's image segment with the most input gradient x map; both `fastcam.refine`); None: `default_recipe`'s where `res` carries its input gradient and input, else 'threshold' (`fastcam.tune.default_mode`)
+              threshold:float=None, # For 'threshold', 'gradient' and 'segment': fraction of the maximum; None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient', 0.4 for 'segment')
               grad_threshold:float=default_recipe['grad_threshold'], # For 'gradient' (and 'segment' where a region's segment is background): fraction of the input gradient's maximum inside each region
               min_area:int=default_recipe['min_area'], # For 'threshold', 'gradient' and 'segment': smallest region in original pixels
               topk:int=None, # For 'threshold', 'gradient' and 'segment': best boxes kept per map (None: every region; a box recipe keeps its `topk`)

@@ -403,8 +403,8 @@ def run(*paths:str, # LEARNER then INPUT files/folders (with --weights: INPUT fi
         method:str=None, # CAM method: gradcam, gradcampp, xgradcam, hirescam, layercam, eigencam, scorecam, cam; default: the box recipe's (untuned: gradcam)
         target:str=None, # Class to explain: the predicted one (default), a class name or index; --target CLASS boxes that finding on the files where its probability reaches --min-prob; a learner trained with a regression loss explains 'increase' (default) or 'decrease' of its output
         bs:int=16, # Files per batch
-        mode:str=None, # Boxes: 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (regions narrowed by the model's input gradient) or 'segment' (the image segment it points to in each region; both fastcam.refine); default: the box recipe's (untuned: segment; threshold for the plain, cheaper boxes)
-        threshold:float=None, # For 'threshold', 'gradient' and 'segment': fraction of the map's maximum; default: the box recipe's, or with a --mode other than the recipe's that mode's own (untuned: 0.5; 0.8 with --mode threshold, 0.7 with --mode gradient)
+        mode:str=None, # Boxes: 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (regions narrowed by the model's input gradient) or 'segment' (the image segment with the most input gradient x map in each region; both fastcam.refine); default: the box recipe's (untuned: segment; threshold for the plain, cheaper boxes)
+        threshold:float=None, # For 'threshold', 'gradient' and 'segment': fraction of the map's maximum; default: the box recipe's, or with a --mode other than the recipe's that mode's own (untuned: 0.4; 0.8 with --mode threshold, 0.7 with --mode gradient)
         grad_threshold:float=None, # For 'gradient' (and 'segment', in a region whose segment is background): fraction of the input gradient's maximum inside a region; default: the box recipe's (untuned: 0.2)
         min_area:int=None, # For 'threshold', 'gradient' and 'segment': smallest region in original pixels; default: the box recipe's (untuned: 16)
         topk:int=None, # Boxes kept per file; default: the box recipe's (untuned: 1)
@@ -636,7 +636,7 @@ def tune(*paths:str, # LEARNER then the labelled INPUT files/folders (a few with
          methods:str='gradcam,layercam,hirescam', # CAM methods to try, comma-separated
          layers:str=None, # Layer choices to try, separated by '|', each as --layer of fastcam run ('0.6|0.5;0.6'); default: the network's stage ends, alone and fused (fastcam.tune.layer_candidates)
          thresholds:str='0.3,0.4,0.5,0.6,0.7,0.8,0.9', # Box thresholds to try, comma-separated (for 'gradient' and 'segment': the map's regions)
-         modes:str='threshold,gradient,segment', # Box modes to try: threshold (the map's regions), gradient (regions narrowed by the input gradient), segment (the image segment it points to in each region)
+         modes:str='threshold,gradient,segment', # Box modes to try: threshold (the map's regions), gradient (regions narrowed by the input gradient), segment (the image segment with the most input gradient x map in each region)
          grad_thresholds:str='0.2,0.3,0.4', # For 'gradient': fractions of the input gradient's maximum inside a region to try ('segment' uses the default's, 0.2, where a region's segment is background)
          no_tta:store_true=False, # Don't try mirroring (for a model not trained with flips)
          metric:str='box_acc', # Choose by: box_acc (BoxAcc@0.5 of the top box), pointing, max_box_acc_v2 or ap50
@@ -671,7 +671,7 @@ def tune(*paths:str, # LEARNER then the labelled INPUT files/folders (a few with
     except (ValueError, FileNotFoundError, KeyError) as e: raise CliError(f"fastcam tune: {' '.join(str(e).split())}") from None
     best = table.iloc[0]
     print(table[tune_columns].head(top).to_string(index=False, float_format=lambda v: f'{v:.2f}', na_rep='-'))
-    how = f"threshold {best['threshold']:g}" + {'gradient': f", narrowed by the input gradient at {best['grad_threshold']:g}", 'segment': ", each region's image segment the input gradient points to"}.get(best['mode'], '')
+    how = f"threshold {best['threshold']:g}" + {'gradient': f", narrowed by the input gradient at {best['grad_threshold']:g}", 'segment': ", each region's image segment with the most input gradient x map"}.get(best['mode'], '')
     print(f"fastcam tune: chose {best['method']} at {best['layer']}{' with tta' if best['tta'] else ''}, {how} "
           f"({metric} {best[metric]:.2f} on {int(best['n_boxes'])} of {len(files)} files with a true box); saved the recipe to {j} and the table ({len(table)} rows) to {t}")
     return 0

@@ -1,4 +1,4 @@
-"""Each region of a class activation map narrowed to where the model's input gradient says the evidence lies, or to the image segment it points to: boxes finer than the map's cells, from the maps' own backward pass.
+"""Each region of a class activation map narrowed to where the model's input gradient says the evidence lies, or to the image segment where it and the map agree: boxes finer than the map's cells, from the maps' own backward pass.
 
 Docs: https://fastcam.github.io/fastcam/refine.html.md"""
 
@@ -14,8 +14,8 @@ from .confirm import gaussian_blur2d
 
 # %% auto #0
 __all__ = ['grad_sigma', 'segment_scale', 'max_segment', 'input_saliency', 'original_saliency', 'refine_region', 'gradient_boxes',
-           'check_gradient_mode', 'input_segments', 'original_segments', 'segment_region', 'segment_boxes',
-           'check_segment_mode']
+           'check_gradient_mode', 'input_segments', 'original_segments', 'segment_region', 'segment_evidence',
+           'segment_boxes', 'check_segment_mode']
 
 # %% ../nbs/12a_refine.ipynb #5f9aead4
 grad_sigma = 1.   # smoothing of the input gradient, in model-input pixels (bench/box_limits.py chose 1 of 1, 2, 3 at both scales)
@@ -89,9 +89,10 @@ def segment_region(region, # A `regionprops` region of the map (`threshold_regio
                    s:np.ndarray, # The input saliency `[H, W]` in the same pixels (`original_saliency`)
                    seg:np.ndarray, # Segment labels `[H, W]` in the same pixels (`original_segments`)
                    grad_threshold:float, # For a region whose segment is background: its gradient box (`refine_region`)
-                   min_area:int=16) -> list:
-    "`(x0, y0, x1, y1)`: the box of the segment `region` meets whose mean saliency is highest, with its neighbours that lie wholly inside `region`; the gradient box when that segment covers over `max_segment` of the image or its box is larger than the region's own"
-    m = _region_segment(region, s, seg)
+                   min_area:int=16, # Smallest part of a region kept for its gradient box, in pixels
+                   cam:np.ndarray=None) -> list: # The map `[H, W]` in the same pixels (NaN where unseen): segments are ranked by the mean of saliency times map over their pixels; None: by the saliency alone
+    "`(x0, y0, x1, y1)`: the box of the segment `region` meets with the most evidence (`segment_evidence`), with its neighbours that lie wholly inside `region`; the gradient box when that segment covers over `max_segment` of the image or its box is larger than the region's own"
+    m = _region_segment(region, s, seg, cam)
     if m is not None and m.sum() <= max_segment*m.size:
         yy,xx = np.nonzero(m)
         b = [int(xx.min()), int(yy.min()), int(xx.max())+1, int(yy.max())+1]
@@ -100,12 +101,19 @@ def segment_region(region, # A `regionprops` region of the map (`threshold_regio
 
 def _area(b): return (b[2]-b[0])*(b[3]-b[1])
 
-def _region_segment(region, s:np.ndarray, seg:np.ndarray):
-    "Mask `[H, W]` of the segment `region` meets whose mean saliency `s` is highest, joined with its neighbours that lie wholly inside `region`; None where `region` meets no segment"
+def segment_evidence(ids:np.ndarray, # Segment labels to rank
+                     s:np.ndarray, # The input saliency `[H, W]` (`original_saliency`)
+                     seg:np.ndarray, # Segment labels `[H, W]` in the same pixels
+                     cam:np.ndarray=None) -> np.ndarray: # The map `[H, W]` in the same pixels (NaN where unseen: no evidence); None: the saliency alone
+    "Each segment's evidence `[len(ids)]`: the mean over its pixels of the input saliency (which pixels raise the class score) times the map (where the class-discriminative map puts the evidence), or of the saliency alone"
+    return ndimage.mean(s if cam is None else s*np.nan_to_num(np.asarray(cam, np.float64)), seg, ids)
+
+def _region_segment(region, s:np.ndarray, seg:np.ndarray, cam:np.ndarray=None):
+    "Mask `[H, W]` of the segment `region` meets with the most evidence (`segment_evidence`), joined with its neighbours that lie wholly inside `region`; None where `region` meets no segment"
     ys,xs = region.coords[:, 0],region.coords[:, 1]
     ids = np.unique(seg[ys, xs]); ids = ids[ids >= 0]
     if not len(ids): return None
-    m = seg==ids[int(np.argmax(ndimage.mean(s, seg, ids)))]
+    m = seg==ids[int(np.argmax(segment_evidence(ids, s, seg, cam)))]
     inside = np.zeros(seg.shape, bool); inside[ys, xs] = True
     ks = np.unique(seg[ndimage.binary_dilation(m) & ~m]); ks = ks[ks >= 0]   # its neighbours...
     if len(ks): m |= np.isin(seg, ks[ndimage.minimum(inside, seg, ks).astype(bool)])   # ...that lie wholly inside the region: a finding's rim is often a segment of its own
@@ -118,9 +126,9 @@ def segment_boxes(m, # One normalised map `[H, W]` in original pixels (NaN where
                   grad_threshold:float, # For a region whose segment is background (see `segment_region`)
                   min_area:int=16, # Smallest region, in pixels
                   score:str='max') -> np.ndarray: # How regions are ordered (as `threshold_boxes`)
-    "Boxes `[n, 4]`, one per region of `m` above `threshold` in `threshold_boxes`' order, each the box of its segment (`segment_region`); two regions that choose one segment give one box"
+    "Boxes `[n, 4]`, one per region of `m` above `threshold` in `threshold_boxes`' order, each the box of its segment (`segment_region`, segments ranked by saliency times `m`); two regions that choose one segment give one box"
     regs,_ = threshold_regions(m, threshold, min_area, score, relu=False)
-    bx = [segment_region(r, s, seg, grad_threshold, min_area) for r in regs]
+    bx = [segment_region(r, s, seg, grad_threshold, min_area, cam=m) for r in regs]
     return np.array([b for k,b in enumerate(bx) if b not in bx[:k]], np.int64).reshape(-1, 4)
 
 def check_segment_mode(res, grad_threshold):

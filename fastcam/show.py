@@ -211,7 +211,7 @@ def get_boxes(item, # A DICOM or image file, a PIL image/PILDicom, or a preproce
               show_maps:bool=False, # Draw the maps at layer resolution
               show_img:bool=True, # Draw the boxes on the image at its original resolution
               color='red', # One color, a list (one per box) or a dict per class name
-              mode:str=None, # 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (regions narrowed by the input gradient) or 'segment' (the image segment it points to in each region; both `fastcam.refine`); None: the box recipe's
+              mode:str=None, # 'threshold' (connected regions), 'peak' (the highest cell), 'gradient' (regions narrowed by the input gradient) or 'segment' (the image segment with the most input gradient x map in each region; both `fastcam.refine`); None: the box recipe's
               target=None, # Which classes: None (predicted), 'all', an int or a class name
               method=None, # A method name from `fastcam.methods.methods`; None: the box recipe's
               threshold:float=None, # For 'threshold', 'gradient' and 'segment': fraction of the map's maximum; None: the box recipe's (or, with a mode other than the recipe's, that mode's own)

@@ -22,7 +22,7 @@ __all__ = ['mode_thresholds', 'default_recipe', 'box_modes', 'input_modes', 'tun
            'run_recipe']
 
 # %% ../nbs/13_tune.ipynb #25b6c37d
-mode_thresholds = dict(threshold=0.8, gradient=0.7, segment=0.5)   # each box mode's region threshold when none is given: 'threshold' bench/results/localization.md (small CNNs, 96 px); 'gradient' the best worst case over both scales (13_tune); 'segment' the best worse tuning-domain mean over both scales, 0.5 (the rule of 'threshold' picks 0.6 at 96 px, 0.5 at 192 px: localization_gradcam.md, localization_x2_gradcam.md)
+mode_thresholds = dict(threshold=0.8, gradient=0.7, segment=0.4)   # each box mode's region threshold when none is given: 'threshold' bench/results/localization.md (small CNNs, 96 px); 'gradient' the best worst case over both scales (13_tune); 'segment' the best worse tuning-domain mean over both scales, 0.4 (segments ranked by saliency x map; the rule of 'threshold' picks 0.6 at 96 px, 0.4 at 192 px: localization_gradcam.md, localization_x2_gradcam.md)
 default_recipe = dict(method='gradcam', layer=None, tta=False, mode='segment', threshold=mode_thresholds['segment'], grad_threshold=0.2, min_area=16, topk=1)   # mode: the rule of bench/localization.py for a mode that needs the input gradient held at both scales (13_tune); grad_threshold: the better of 0.2/0.3 at both of its scales
 _recipe_keys = tuple(default_recipe)
 box_modes = ('threshold', 'peak', 'gradient', 'segment')   # how a map becomes boxes: `fastcam.boxes.cam_boxes`
@@ -230,7 +230,7 @@ def recipe_table(learn, items:list, # the Learner, and labelled files (an item w
                  layers=None, # layer choices tried (a name, an index path or a list of them, fused); None: `layer_candidates` of the `stage_ends`
                  tta=(False, True), # mirror settings tried
                  thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), # box thresholds tried (for 'gradient' and 'segment': the map's regions)
-                 modes=('threshold', 'gradient', 'segment'), # box modes tried: the map's regions, those narrowed by the input gradient, and the image segment it points to in each (`fastcam.refine`)
+                 modes=('threshold', 'gradient', 'segment'), # box modes tried: the map's regions, those narrowed by the input gradient, and the image segment where the input gradient and the map agree in each (`fastcam.refine`)
                  grad_thresholds=(0.2, 0.3, 0.4), # for 'gradient': fractions of the input gradient's maximum inside a region tried
                  min_area:int=default_recipe['min_area'], # smallest region, in original pixels
                  tolerance:float=None, # pointing tolerance in pixels (None: 15 px at a 224 px scale)

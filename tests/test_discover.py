@@ -38,4 +38,5 @@ def test_help_shows_parameters_and_meanings():
     sig = inspect.signature(CamResult.boxes).parameters
     from fastcam.tune import default_recipe, mode_thresholds
     assert sig['threshold'].default is None and default_recipe['threshold'] == mode_thresholds[default_recipe['mode']] and sig['min_area'].default == 16 and 'kwargs' not in sig
-    assert "None: the mode's own (`fastcam.tune.mode_thresholds`: 0.8 for 'threshold', 0.7 for 'gradient', 0.5 for 'segment')" in box_doc
+    own = ', '.join(f"{mode_thresholds[m]:g} for '{m}'" for m in ('threshold', 'gradient', 'segment'))
+    assert f"None: the mode's own (`fastcam.tune.mode_thresholds`: {own})" in box_doc   # the doc says the thresholds the code uses

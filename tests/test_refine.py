@@ -270,3 +270,24 @@ def test_a_segment_spilling_past_its_region_keeps_the_gradient_box():
     outer = torch.zeros(64, 64); outer[6:38, 16:48] = 1.            # a region around the rectangle
     ob = segment_boxes(outer, sal, sg, 0.5, 0.2)
     assert len(ob) == 1 and box_iou(torch.tensor(ob), torch.tensor([[20, 10, 44, 34]])).item() > 0.8, ob   # the rectangle's box (on a flat image its 1-px rim may be a segment of its own)
+
+def test_segments_are_ranked_by_saliency_times_the_map():
+    "Known answer, no model: one map region over two rectangles; the input saliency is higher on the small one, at the region's rim, the map peaks on the large one. The box is the large rectangle (mean of saliency x map 0.5 x 1.0 beats 0.9 x 0.5); ranked by the saliency alone it would be the small one"
+    from fastcam.refine import input_segments, segment_boxes, segment_region, segment_evidence
+    from fastcam.boxes import threshold_regions
+    im = torch.zeros(64, 64); im[8:16, 8:18] = 0.9; im[30:50, 28:52] = 0.5          # A: 8x10 at the rim, B: 20x24 in the middle
+    mp = torch.zeros(64, 64); mp[4:60, 4:60] = 0.5; mp[26:54, 24:56] = 1.            # one region at 0.4 over both; the map's peak over B
+    sal = np.zeros((64, 64)); sal[8:16, 8:18] = 0.9; sal[30:50, 28:52] = 0.5        # the saliency higher on A
+    sg = input_segments(im)
+    a,b = sg[12, 12],sg[40, 40]
+    assert a != b and (sg==b).sum() <= 480                                          # two segments (each rectangle's blurred rim may be one of its own)
+    ev = segment_evidence(np.array([a, b]), sal, sg, mp.numpy())
+    np.testing.assert_allclose(ev, [(sal*mp.numpy())[sg==j].mean() for j in (a, b)])  # the mean of saliency x map over each segment
+    assert ev[1] > ev[0]
+    bx = segment_boxes(mp, sal, sg, 0.4, 0.2)
+    assert len(bx) == 1 and box_iou(torch.tensor(bx).float(), torch.tensor([[28., 30, 52, 50]])).item() > 0.6, bx   # B (its blurred rim joined), not A
+    reg = threshold_regions(mp, 0.4)[0][0]
+    alone = segment_region(reg, sal, sg, 0.2)                                        # no map: the saliency alone picks A
+    assert box_iou(torch.tensor([alone]).float(), torch.tensor([[8., 8, 18, 16]])).item() > 0.6, alone
+    nan = mp.clone(); nan[:, :2] = float('nan')                                      # unseen pixels (NaN) count as no evidence, not as NaN
+    assert np.isfinite(segment_evidence(np.array([a, b]), sal, sg, nan.numpy())).all()
