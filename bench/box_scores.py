@@ -53,6 +53,7 @@ RANKERS = {'constant': lambda b: np.ones(len(b)), 'prob': lambda b: b.prob.to_nu
            'prob x deletion evidence (the model, 2 forwards a box)': lambda b: (b.prob*b['drop']).to_numpy(),
            'prob x agreement with the input gradient': lambda b: (b.prob*b.agree).to_numpy(),
            'prob x threshold stability': lambda b: (b.prob*b.stable).to_numpy(),
+           'prob x map density in the box': lambda b: (b.prob*b.density).to_numpy(),
            'score (prob x relative mass)': lambda b: b.score.to_numpy()}
 CONF_RANKERS = {'constant': RANKERS['constant'], 'prob': RANKERS['prob'], 'score (prob x evidence)': lambda b: b.score.to_numpy()}
 
@@ -67,12 +68,14 @@ def with_drop(b, res, learn, files):
     return b.assign(drop=[e['drop'][0] for e in ev])
 
 def with_share(b, res):
-    "`b` with each box's `share` of its map's mass and its `area` as a share of the image"
-    sh,ar = [],[]
+    "`b` with each box's `share` of its map's mass, its `area` as a share of the image and its map `density` (the mean of the normalised map over the box's pixels)"
+    sh,ar,de = [],[],[]
     for r in b.itertuples():
         m = res.original_maps(int(r.item), fill=0.)[int(r.target)]
-        sh.append(float(box_mass_share(m, [[int(r.x0), int(r.y0), int(r.x1), int(r.y1)]])[0])); ar.append((int(r.x1)-int(r.x0))*(int(r.y1)-int(r.y0))/m.numel())
-    return b.assign(share=sh, area=ar)
+        x0,y0,x1,y1 = int(r.x0), int(r.y0), int(r.x1), int(r.y1)
+        sh.append(float(box_mass_share(m, [[x0, y0, x1, y1]])[0])); ar.append((x1-x0)*(y1-y0)/m.numel())
+        de.append(float(m[y0:y1, x0:x1].clamp(min=0).mean()/m.max().clamp(min=1e-12)))   # the normalised map's mean over the box (the map is normalised to max 1 already; divided again for safety)
+    return b.assign(share=sh, area=ar, density=de)
 
 def with_agreement(b, res, threshold, grad_threshold=0.2, step=0.1):
     """`b` with two agreements of each box, made without the truth: `agree`, its IoU with the box the model's input gradient
