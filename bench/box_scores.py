@@ -12,8 +12,9 @@ when its IoU with one of the file's lesions is >= 0.5 (a box on a negative is a 
 constant, by the class probability alone, by the map's mass share in the box alone, by the probability x that share
 (fastcam's first score), by the probability x the mass beyond a uniform map's ((share - area share) / (1 - area share)),
 by the probability x the model's deletion evidence (how much of the probability goes when the box is inpainted,
-`fastcam.confirm.region_evidence`: two more forwards per box), and by fastcam's `score` (probability x the box's mass
-relative to the map's most massive region: the probability for the top box), and by the probability x one of two
+`fastcam.confirm.region_evidence`: two more forwards per box), by the probability x the map's density in the box (the
+mean of the normalised map over its pixels, over the map's maximum), and by fastcam's `score` (that density ranking since
+it passed the rule of box_scores.md: beat the probability in AUROC and AP@0.5 on the tuning domains at both scales; before, the probability x the box's mass relative to the map's most massive region), and by the probability x one of two
 agreements made without the truth (does another estimate of the same box agree with it?): its IoU with the box the
 model's input gradient supports inside its region (the 'gradient' mode's box, `fastcam.refine`), and its stability,
 its mean best IoU with the boxes at the threshold -+ 0.1; for each ranking: AUROC of hit vs miss (scikit-learn) and COCO AP@0.5 (pycocotools
@@ -54,7 +55,7 @@ RANKERS = {'constant': lambda b: np.ones(len(b)), 'prob': lambda b: b.prob.to_nu
            'prob x agreement with the input gradient': lambda b: (b.prob*b.agree).to_numpy(),
            'prob x threshold stability': lambda b: (b.prob*b.stable).to_numpy(),
            'prob x map density in the box': lambda b: (b.prob*b.density).to_numpy(),
-           'score (prob x relative mass)': lambda b: b.score.to_numpy()}
+           "score (fastcam's: prob x map density)": lambda b: b.score.to_numpy()}
 CONF_RANKERS = {'constant': RANKERS['constant'], 'prob': RANKERS['prob'], 'score (prob x evidence)': lambda b: b.score.to_numpy()}
 
 def with_drop(b, res, learn, files):

@@ -27,8 +27,8 @@ from .tune import default_recipe, default_mode, box_modes, input_modes, mode_thr
 
 # %% auto #0
 __all__ = ['MIN_PROB', 'InputGeometry', 'input_geometry', 'maps_to_original', 'cell_to_original', 'peak_boxes', 'check_threshold',
-           'threshold_regions', 'region_box', 'threshold_boxes', 'box_mass_share', 'box_evidence', 'boxes_frame',
-           'cam_boxes', 'result_boxes', 'result_original_maps', 'check_color', 'show_boxes']
+           'threshold_regions', 'region_box', 'threshold_boxes', 'box_mass_share', 'box_density', 'box_evidence',
+           'boxes_frame', 'cam_boxes', 'result_boxes', 'result_original_maps', 'check_color', 'show_boxes']
 
 # %% ../nbs/05_boxes.ipynb #3aad1493
 def _resize_window(w, h, sw, sh, method):
@@ -336,13 +336,21 @@ def box_mass_share(m, # One map `[H, W]` at original resolution (NaN where unsee
     if not tot > 0: return np.zeros(len(boxes))
     return np.array([a[int(y0):int(y1), int(x0):int(x1)].sum()/tot for x0,y0,x1,y1 in np.asarray(boxes).reshape(-1, 4)])
 
+def box_density(m, # One map `[H, W]` at original resolution (NaN where unseen), 0 or more
+                boxes) -> np.ndarray: # `(x0, y0, x1, y1)` boxes `[n, 4]`, half-open, in the map's pixels
+    "The mean of map `m` over each box's pixels relative to the map's maximum (unseen and negative pixels count 0): 1 for a box wholly at the peak, 0 for an empty map or box"
+    a = m.detach().double().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m, np.float64)
+    a = np.maximum(np.nan_to_num(a, nan=0.), 0)
+    top = a.max() if a.size else 0.
+    if not top > 0: return np.zeros(len(np.asarray(boxes).reshape(-1, 4)))
+    return np.array([a[int(y0):int(y1), int(x0):int(x1)].mean()/top if x1 > x0 and y1 > y0 else 0. for x0,y0,x1,y1 in np.asarray(boxes).reshape(-1, 4)])
+
 def box_evidence(m, # One map `[H, W]` at original resolution (NaN where unseen)
-                 boxes, # All the map's boxes `[n, 4]` (every region, not only the `topk` kept)
+                 boxes, # The map's boxes `[n, 4]`
                  prob:float) -> np.ndarray: # The class probability; NaN for a score target (no probability)
-    "Each box's `score`: `prob` x its mass relative to the map's most massive box (1 for that box); for a score target, its share of the map's mass"
-    s = box_mass_share(m, boxes)
-    if prob!=prob: return s
-    return prob*s/s.max() if len(s) and s.max() > 0 else np.full(len(s), prob)
+    "Each box's `score`: `prob` x the map's density in the box (`box_density`: 1 for a box wholly at the map's peak, less for a box the evidence fills loosely); for a score target, the density alone"
+    d = box_density(m, boxes)
+    return d if prob!=prob else prob*d
 
 def boxes_frame(rows:list) -> pd.DataFrame:
     "The boxes table of `rows` (tuples in `_box_cols` order; None coordinates for a row without a box), with nullable integer coordinates"

@@ -211,7 +211,7 @@ def _run_section(info) -> str:
     rows = [(k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, bool) else str(v)) for k,v in _flat(info)]   # as given: 0.7 stays 0.7
     d = dict(rows)
     key = [('model', 'model.file'), ('sha256', 'model.sha256'), ('method', 'options.method'), ('layer', 'options.layer'), ('box mode', 'options.mode'), ('threshold', 'options.threshold'),
-           ('gradient threshold' + (' (for a region whose segment is refused)' if d.get('options.mode')=='segment' else ''), 'options.grad_threshold'), ('tta', 'options.tta'), ('box recipe', 'recipe.source'), ('min_prob', 'options.min_prob'), ('target', 'options.target'), ('fastcam', 'versions.fastcam'), ('date', 'date')]
+           ('gradient threshold' + (' (refused segments)' if d.get('options.mode')=='segment' else ''), 'options.grad_threshold'), ('tta', 'options.tta'), ('box recipe', 'recipe.source'), ('min_prob', 'options.min_prob'), ('target', 'options.target'), ('fastcam', 'versions.fastcam'), ('date', 'date')]
     brief = _table([(n, d[k][:16] + '…' if n=='sha256' and len(d[k]) > 16 else d[k]) for n,k in key if d.get(k) not in (None, '')], ['what', 'value'], 'run')
     return (f"<h2 id='run'>Run</h2>{brief}<details><summary>all run metadata ({len(rows)} entries: versions, command line, ...)</summary>"
             + _table(rows, ['what', 'value'], 'run') + "</details>")
@@ -222,8 +222,8 @@ def score_note(info:dict=None) -> str:
     opts = (info or {}).get('options') or {}
     how = ("the class probability times the model's evidence for the box (--confirm): the mean of the share of the probability the box alone keeps and the share lost when the box is blurred away"
            if opts.get('confirm') else
-           "the class probability for the map's main region, and a fraction of it for a weaker region of the same map (its mass over the main region's)")
-    return (f"A box's score is {how}; for a target with no probability, the box's share of the map's mass. "
+           "the class probability times the map's density in the box (the mean of the normalised map over the box: 1 where the whole box is at the map's peak, less where the evidence fills it loosely)")
+    return (f"A box's score is {how}; for a target with no probability, that density alone. "
             "It ranks boxes, within an image and across images; it is not the chance that a box is right (see fastcam's bench/results/box_scores.md).")
 
 # %% ../nbs/10_report.ipynb #aa724ddb

@@ -14,7 +14,7 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, BBoxBlock, 
                                CropPad, OldRandomCrop, RandomResizedCropGPU, aug_transforms, Transform, TensorBBox, LabeledBBox)
 from fastcam.core import CamResult
 from fastcam.boxes import (InputGeometry, input_geometry, maps_to_original, cell_to_original, peak_boxes, threshold_boxes, cam_boxes,
-                           show_boxes)
+                           show_boxes, box_evidence)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Exact mapping, by hand. Model input 224x224, map 7x7: one map cell is 32x32 input pixels.
@@ -401,22 +401,25 @@ def test_show_boxes_with_a_cam_boxes_frame():
     plt.close('all')
 
 # ---------------------------------------------------------------------------------------------------------------
-# Box confidence and the probability gate. The score is prob x (map mass inside the box / map mass in the image),
-# checked here against sums done by hand on maps whose mass is known.
+# Box confidence and the probability gate. The score is prob x the map's density in the box (the mean of the
+# normalised map over the box's pixels, over the map's maximum), checked here against means done by hand.
 
-def test_score_is_prob_times_relative_mass_by_hand():
-    "score = prob x the box's mass share over the largest share among the map's regions (so the main region scores prob; topk does not change it)"
+def test_score_is_prob_times_the_maps_density_in_the_box_by_hand():
+    "score = prob x the mean of the upsampled normalised map over the box's pixels, over its maximum (1 for a box wholly at the peak; topk does not change it)"
     m = torch.zeros(7, 7); m[1, 1] = 1.; m[5, 4:6] = 0.5            # at input = original = 224: cells of 32x32 pixels
     res = CamResult(m[None, None], torch.tensor([[1]]), torch.tensor([[0.1, 0.9]]), vocab=['normal', 'nodule'], input_size=(224, 224))
+    up = torch.nn.functional.interpolate(m[None, None], (224, 224), mode='bilinear', align_corners=False)[0, 0].double()
+    density = lambda b: (up[b[1]:b[3], b[0]:b[2]].mean()/up.max()).item()
     df = cam_boxes(res, (224, 224), None, mode='peak')
-    assert df[['x0', 'y0', 'x1', 'y1']].values.tolist() == [[32, 32, 64, 64]] and df.score[0] == pytest.approx(0.9, rel=1e-6)   # the peak cell (1, 1) is pixels 32..63, the only box
-    up = torch.nn.functional.interpolate(m[None, None], (224, 224), mode='bilinear', align_corners=False)[0, 0]
-    th = cam_boxes(res, (224, 224), None, threshold=0.4)            # both blobs, each with its own share
-    shares = [up[y0:y1, x0:x1].sum().item() / up.sum().item() for x0, y0, x1, y1 in th[['x0', 'y0', 'x1', 'y1']].values.tolist()]
-    assert len(th) == 2 and th.score.tolist() == pytest.approx([0.9*s/max(shares) for s in shares], rel=1e-5)
-    assert 0 < th.score.min() < th.score.max() == pytest.approx(0.9)   # not constant, and never more than the probability
-    top = cam_boxes(res, (224, 224), None, threshold=0.4, topk=1)   # the brightest region alone keeps the score it has among both
+    assert df[['x0', 'y0', 'x1', 'y1']].values.tolist() == [[32, 32, 64, 64]]   # the peak cell (1, 1) is pixels 32..63, the only box
+    assert df.score[0] == pytest.approx(0.9*density([32, 32, 64, 64]), rel=1e-6) and 0.5 < df.score[0] < 0.9
+    th = cam_boxes(res, (224, 224), None, threshold=0.4)            # both blobs
+    assert len(th) == 2 and th.score.tolist() == pytest.approx([0.9*density(b) for b in th[['x0', 'y0', 'x1', 'y1']].values.tolist()], rel=1e-6)
+    assert 0 < th.score.min() < th.score.max() < 0.9                 # not constant, and never more than the probability
+    top = cam_boxes(res, (224, 224), None, threshold=0.4, topk=1)   # a box's score does not depend on the other boxes
     assert top.score.tolist() == pytest.approx(th.score.tolist()[:1], rel=1e-6)
+    wide = box_evidence(up, [[32, 32, 64, 64], [0, 32, 96, 64]], 0.9)   # the same region in a box three times as wide: a third of the evidence density
+    assert wide[1] == pytest.approx(0.9*up[32:64, 0:96].mean().item()/up.max().item()) and wide[1] < wide[0]/2
 
 def test_min_prob_gates_every_target_and_says_why():
     maps = torch.stack([_block_map(), _block_map()])[None]          # 1 item, 2 targets ('all')

@@ -257,7 +257,7 @@ def test_segment_recipe_everywhere(squares, tmp_path, capsys):
     opts = json.loads((tmp_path/'s'/'run.json').read_text())['options']
     assert (opts['mode'], opts['threshold'], opts['grad_threshold']) == ('segment', 0.3, 0.2)
     html = (tmp_path/'s'/'report.html').read_text()
-    assert "<td>gradient threshold (for a region whose segment is refused)</td><td>0.2</td>" in html   # the Run table says what the gradient threshold does in a segment run
+    assert "<td>gradient threshold (refused segments)</td><td>0.2</td>" in html   # the Run table says what the gradient threshold does in a segment run
 
 def test_a_segment_spilling_past_its_region_keeps_the_gradient_box():
     "Known answer, no model: a bright 24x24 rectangle is one segment; a map region inside it is bounded by the map, so the box is where the saliency is (the gradient box), not the rectangle; a region around the rectangle gets the rectangle"

@@ -108,7 +108,7 @@ def test_the_report_says_what_a_box_score_is(report, tmp_path):
     "The gallery's note defines the number drawn on every box: the map's scoring, or the model's evidence in a --confirm run; and that it is no chance of being right"
     out, path, recs, truth = report
     text = ' '.join(' '.join(_parse(path).text).split())
-    assert "A box's score is the class probability for the map's main region" in text and 'it is not the chance that a box is right' in text
+    assert "A box's score is the class probability times the map's density in the box" in text and 'it is not the chance that a box is right' in text
     assert 'blurred away' not in text
     conf = write_outputs(tmp_path, recs, VOCAB, info={**INFO, 'options': {**INFO['options'], 'confirm': True}})['report']
     text = ' '.join(' '.join(_parse(conf).text).split())

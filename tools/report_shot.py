@@ -11,7 +11,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser import Browser
 
-def main(report, out=Path(__file__).resolve().parent.parent/'nbs'/'images'/'fastcam_report.png', width:int=1400, height:int=1560):
+def main(report, out=Path(__file__).resolve().parent.parent/'nbs'/'images'/'fastcam_report.png', width:int=1600, height:int=1560):
     out = Path(out)
     with Browser(width, height) as b:
         b.open(Path(report).resolve().as_uri())
