@@ -327,11 +327,15 @@ def _sizes(orig_sizes, n):
     if len(s)!=n: raise ValueError(f"orig_sizes has {len(s)} sizes but there are {n} items; give one (H, W) for all or one per item")
     return [tuple(int(v) for v in o) for o in s]
 
+def _evidence(m) -> np.ndarray:
+    "Map `m` as a float64 array in which unseen (NaN) and negative pixels count 0"
+    a = m.detach().double().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m, np.float64)
+    return np.maximum(np.nan_to_num(a, nan=0.), 0)
+
 def box_mass_share(m, # One map `[H, W]` at original resolution (NaN where unseen), 0 or more
                    boxes) -> np.ndarray: # `(x0, y0, x1, y1)` boxes `[n, 4]`, half-open, in the map's pixels
     "The share of map `m`'s mass inside each box: its sum inside the box over its sum on the whole image (0 for an empty map)"
-    a = m.detach().double().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m, np.float64)
-    a = np.maximum(np.nan_to_num(a, nan=0.), 0)
+    a = _evidence(m)
     tot = a.sum()
     if not tot > 0: return np.zeros(len(boxes))
     return np.array([a[int(y0):int(y1), int(x0):int(x1)].sum()/tot for x0,y0,x1,y1 in np.asarray(boxes).reshape(-1, 4)])
@@ -339,8 +343,7 @@ def box_mass_share(m, # One map `[H, W]` at original resolution (NaN where unsee
 def box_density(m, # One map `[H, W]` at original resolution (NaN where unseen), 0 or more
                 boxes) -> np.ndarray: # `(x0, y0, x1, y1)` boxes `[n, 4]`, half-open, in the map's pixels
     "The mean of map `m` over each box's pixels relative to the map's maximum (unseen and negative pixels count 0): 1 for a box wholly at the peak, 0 for an empty map or box"
-    a = m.detach().double().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m, np.float64)
-    a = np.maximum(np.nan_to_num(a, nan=0.), 0)
+    a = _evidence(m)
     top = a.max() if a.size else 0.
     if not top > 0: return np.zeros(len(np.asarray(boxes).reshape(-1, 4)))
     return np.array([a[int(y0):int(y1), int(x0):int(x1)].mean()/top if x1 > x0 and y1 > y0 else 0. for x0,y0,x1,y1 in np.asarray(boxes).reshape(-1, 4)])
